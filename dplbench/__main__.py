@@ -1,0 +1,5 @@
+import sys
+
+from dplbench.cli import main
+
+sys.exit(main())

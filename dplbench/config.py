@@ -1,0 +1,266 @@
+"""Structured configuration: dataclass defaults <- protocol YAML <- ``--config FILE`` <- ``key=value`` overrides.
+
+Overrides use dotted paths (``method.n_ctx=8``, ``seeds=[1,2,3]``, ``run.device=cuda``) and are typed and validated
+against the dataclasses below (OmegaConf struct mode). A few shorthands select names: ``method=coop`` (or a list)
+sets ``methods``, ``dataset=x`` sets ``datasets``, ``seed=1`` sets ``seeds``, ``backbone=ViT-B-16`` sets
+``backbone.name``. Every mistake raises :class:`~dplbench.errors.ConfigError` with one line (and a did-you-mean).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from dplbench.errors import ConfigError, did_you_mean
+from dplbench.orchestrate.settings import RayConfig, SweepConfig, TrackingConfig
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "toy"                     # "toy" (built-in) or any open_clip model name
+    pretrained: Optional[str] = None      # open_clip pretrained tag, e.g. "openai"
+    checkpoint: Optional[str] = None      # local checkpoint path (overrides the tag)
+    precision: str = "auto"               # auto | fp32 | amp_bf16 | amp_fp16 | fp16_faithful
+    cache_dir: Optional[str] = None       # where pretrained weights are looked up (never downloaded)
+
+
+@dataclass
+class DataConfig:
+    root: Optional[str] = None            # null -> $DPLBENCH_DATA -> ~/data
+    num_workers: int = 0
+
+
+@dataclass
+class TrainConfig:
+    epochs: Optional[int] = None          # null = the method's recipe for the protocol
+    lr: Optional[float] = None
+    batch_size: Optional[int] = None
+    eval_batch_size: int = 100
+    deterministic: bool = False
+
+
+@dataclass
+class RunConfig:
+    device: str = "auto"                  # auto | cpu | cuda | cuda:N
+    output_dir: str = "results"
+    force: bool = False                   # recompute finished units
+
+
+@dataclass
+class Config:
+    protocol: str = "base2novel"
+    methods: list[str] = field(default_factory=list)     # empty = the protocol's default list
+    suite: str = "toy"                                    # toy | standard
+    datasets: list[str] = field(default_factory=list)    # empty = the suite's datasets
+    source: Optional[str] = None                          # transfer protocols: source dataset
+    targets: list[str] = field(default_factory=list)     # transfer protocols: target datasets
+    seeds: list[int] = field(default_factory=list)
+    shots: list[Optional[int]] = field(default_factory=list)
+    method: dict[str, Any] = field(default_factory=dict)  # option overrides for the selected methods
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+
+
+# shorthand key -> (real key, wrap the value in a list)
+SHORTHANDS = {"method": ("methods", True), "dataset": ("datasets", True), "seed": ("seeds", True),
+              "backbone": ("backbone.name", False)}
+
+
+def parse_overrides(tokens: list[str]) -> list[tuple[str, Any]]:
+    """``["a.b=1", "c=[1,2]"]`` -> ``[("a.b", 1), ("c", [1, 2])]`` with OmegaConf's typing of values."""
+    pairs: list[tuple[str, Any]] = []
+    for token in tokens:
+        key, sep, _ = token.partition("=")
+        if not sep or not key or key.strip() != key:
+            raise ConfigError(f"cannot parse override {token!r}: expected key=value (e.g. method.n_ctx=8)")
+        try:
+            parsed = OmegaConf.to_container(OmegaConf.from_dotlist([token]), resolve=True)
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"cannot parse override {token!r}: {exc.__class__.__name__}") from None
+        value: Any = parsed
+        for part in key.split("."):
+            value = value[part]
+        pairs.append((key, value))
+    return pairs
+
+
+def _apply_shorthand(key: str, value: Any) -> tuple[str, Any]:
+    if key in SHORTHANDS:
+        real, as_list = SHORTHANDS[key]
+        if as_list and not isinstance(value, list):
+            value = [value]
+        return real, value
+    return key, value
+
+
+def _valid_keys(node: DictConfig, parts: list[str]) -> tuple[str, list[str]]:
+    """The deepest existing prefix of ``parts`` and the keys valid at the next level."""
+    current: Any = node
+    prefix: list[str] = []
+    for part in parts:
+        if isinstance(current, DictConfig) and part in current:
+            current = current[part]
+            prefix.append(part)
+        else:
+            break
+    keys = list(current.keys()) if isinstance(current, DictConfig) else []
+    return ".".join(prefix), [str(k) for k in keys]
+
+
+def _set(cfg: DictConfig, key: str, value: Any) -> None:
+    parts = key.split(".")
+    if parts[0] == "method":  # free-form: validated later against the selected methods' options
+        OmegaConf.update(cfg, key, value, merge=True, force_add=True)
+        return
+    try:
+        OmegaConf.update(cfg, key, value, merge=True)
+    except (ConfigKeyError, AttributeError, KeyError):
+        prefix, keys = _valid_keys(cfg, parts)
+        bad = parts[len(prefix.split(".")) if prefix else 0]
+        hint = did_you_mean(bad, keys)
+        where = f" in {prefix!r}" if prefix else ""
+        msg = f"unknown config key {key!r}{where}"
+        if hint:
+            msg += f"; did you mean {hint!r}?"
+        raise ConfigError(msg + f" Valid keys: {', '.join(sorted(keys))}") from None
+    except ValidationError as exc:
+        expected = str(exc).splitlines()[0]
+        raise ConfigError(f"invalid value for {key!r}: {value!r} ({expected})") from None
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"invalid override {key}={value!r}: {str(exc).splitlines()[0]}") from None
+
+
+def _flatten(prefix: str, value: Any) -> list[tuple[str, Any]]:
+    if isinstance(value, dict):
+        out: list[tuple[str, Any]] = []
+        for k, v in value.items():
+            out.extend(_flatten(f"{prefix}.{k}" if prefix else str(k), v))
+        return out
+    return [(prefix, value)]
+
+
+def load_config_file(path: str | Path) -> list[tuple[str, Any]]:
+    """A YAML file of config values, returned as dotted (key, value) pairs."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+    return [pair for k, v in data.items() for pair in
+            ([(k, v)] if k == "method" and not isinstance(v, dict) else _flatten(k, v))]
+
+
+def build_config(overrides: list[str] | None = None, config_file: str | Path | None = None,
+                 *, validate_methods: bool = True) -> DictConfig:
+    """Resolve the full configuration: defaults, protocol, config file, then command-line overrides."""
+    pairs = (load_config_file(config_file) if config_file else []) + parse_overrides(list(overrides or []))
+    pairs = [_apply_shorthand(k, v) for k, v in pairs]
+    cfg = OmegaConf.structured(Config)
+    for key, value in pairs:
+        _set(cfg, key, value)
+    fill_protocol_defaults(cfg, explicit={k for k, _ in pairs})
+    validate_names(cfg, validate_methods=validate_methods)
+    OmegaConf.set_readonly(cfg, False)
+    return cfg
+
+
+def fill_protocol_defaults(cfg: DictConfig, explicit: set[str]) -> None:
+    """Fill methods / seeds / shots / datasets / source / targets from the protocol unless given."""
+    from dplbench.catalog import PROTOCOLS
+
+    protocol = PROTOCOLS.get(PROTOCOLS.canonical(cfg.protocol))
+    cfg.protocol = protocol.name
+    suites = protocol.suites
+    if cfg.suite not in suites:
+        raise ConfigError(f"protocol {protocol.name!r} has no suite {cfg.suite!r}. Valid suites: "
+                          f"{', '.join(sorted(suites))}")
+    suite = suites[cfg.suite]
+    defaults = {"methods": list(protocol.methods), "seeds": list(protocol.seeds), "shots": list(protocol.shots),
+                "datasets": list(suite.get("datasets", [])), "source": suite.get("source"),
+                "targets": list(suite.get("targets", []))}
+    for key, value in defaults.items():
+        if key not in explicit and not cfg[key]:
+            cfg[key] = value
+
+
+def validate_names(cfg: DictConfig, *, validate_methods: bool = True) -> None:
+    """Every named method / dataset / backbone exists; method options exist in the selected methods."""
+    from dplbench.catalog import BACKBONES, DATASETS, METHODS
+
+    cfg.methods = [METHODS.canonical(m) for m in cfg.methods]
+    for key in ("datasets", "targets"):
+        cfg[key] = [DATASETS.canonical(d) for d in cfg[key]]
+    if cfg.source is not None:
+        cfg.source = DATASETS.canonical(cfg.source)
+    if cfg.backbone.name not in BACKBONES:
+        _validate_open_clip_name(cfg.backbone.name, BACKBONES.list())
+    if cfg.suite == "toy" and cfg.backbone.name != "toy" and cfg.backbone.checkpoint is None:
+        pass  # allowed: any backbone can run on the toy data
+    if validate_methods and cfg.method:
+        validate_method_options(list(cfg.methods), OmegaConf.to_container(cfg.method, resolve=True))
+
+
+def _validate_open_clip_name(name: str, registered: list[str]) -> None:
+    import open_clip  # only reached for names outside the registry
+
+    choices = set(open_clip.list_models()) | set(registered)
+    if name not in choices:
+        hint = did_you_mean(name, choices)
+        msg = f"unknown backbone {name!r}"
+        if hint:
+            msg += f"; did you mean {hint!r}?"
+        raise ConfigError(msg + " Valid choices: " + ", ".join(sorted(registered)) +
+                          " or any open_clip model (`dplbench ls backbones`)")
+
+
+def validate_method_options(methods: list[str], options: dict[str, Any]) -> None:
+    """Each ``method.<key>`` must exist (with a compatible type) in at least one selected method's options."""
+    from dplbench.catalog import METHODS
+
+    flat = _flatten("", options)
+    schemas = {}
+    for name in methods:
+        adapter = METHODS.get(name)
+        schema = getattr(adapter, "Options", None)
+        if schema is not None:
+            schemas[name] = OmegaConf.structured(schema)
+    for key, value in flat:
+        errors = []
+        accepted = False
+        for name, schema in schemas.items():
+            probe = schema.copy()
+            try:
+                OmegaConf.update(probe, key, value, merge=True)
+                accepted = True
+            except (ConfigKeyError, AttributeError, KeyError):
+                continue
+            except (ValidationError, OmegaConfBaseException) as exc:
+                errors.append(f"{name}: {str(exc).splitlines()[0]}")
+        if accepted:
+            continue
+        if errors:
+            raise ConfigError(f"invalid value for method.{key}={value!r} ({errors[0]})")
+        valid = sorted({k for s in schemas.values() for k, _ in _flatten("", OmegaConf.to_container(s))})
+        hint = did_you_mean(key, valid)
+        msg = f"unknown method option 'method.{key}' for methods {', '.join(methods)}"
+        if hint:
+            msg += f"; did you mean 'method.{hint}'?"
+        raise ConfigError(msg + f" Valid options: {', '.join(valid) if valid else '(none)'}")
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)

@@ -1,0 +1,132 @@
+"""Result store: one JSON file per unit of work, written atomically, verified by a checksum on read.
+
+Layout: ``<output_dir>/runs/<protocol>/<method>/<dataset>/shots<K>_seed<S>_<hash8>.json``.
+Tables and plots are rebuilt from these files alone; MLflow only mirrors them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+RESULT_FORMAT = "dplbench-result/1"
+REQUIRED_KEYS = ("format", "status", "unit", "config_hash", "metrics")
+STATUSES = ("done", "failed")
+
+log = logging.getLogger(__name__)
+
+
+def canonical_json(obj: Any) -> str:
+    """Deterministic JSON text (sorted keys, no spaces) used for hashing."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """Stable 16-hex-digit hash of a (JSON-serialisable) configuration mapping."""
+    return hashlib.sha256(canonical_json(config).encode()).hexdigest()[:16]
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _checksum(record: Mapping[str, Any]) -> str:
+    body = {k: v for k, v in record.items() if k != "checksum"}
+    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
+
+
+def unit_relpath(protocol: str, method: str, dataset: str, shots: int | None, seed: int, chash: str) -> Path:
+    shot_part = f"shots{shots}" if shots is not None else "full"
+    return Path("runs") / protocol / method / dataset / f"{shot_part}_seed{seed}_{chash[:8]}.json"
+
+
+class CorruptResultError(ValueError):
+    """A result file that is truncated, not JSON, or whose checksum does not match."""
+
+
+def read_result(path: str | Path) -> dict[str, Any]:
+    """Load and verify one result file; raise CorruptResultError when it cannot be trusted."""
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptResultError(f"{path}: unreadable result file ({exc.__class__.__name__})") from exc
+    if not isinstance(record, dict) or any(k not in record for k in REQUIRED_KEYS):
+        raise CorruptResultError(f"{path}: missing required keys {REQUIRED_KEYS}")
+    if record.get("format") != RESULT_FORMAT or record.get("status") not in STATUSES:
+        raise CorruptResultError(f"{path}: unknown format or status")
+    if record.get("checksum") != _checksum(record):
+        raise CorruptResultError(f"{path}: checksum mismatch (partial or edited file)")
+    return record
+
+
+class ResultStore:
+    """All result files under ``<output_dir>/runs``."""
+
+    def __init__(self, output_dir: str | Path):
+        self.root = Path(output_dir).expanduser().resolve()
+
+    def path_for(self, unit: Mapping[str, Any], chash: str) -> Path:
+        return self.root / unit_relpath(unit["protocol"], unit["method"], unit["dataset"], unit.get("shots"),
+                                        unit["seed"], chash)
+
+    def write(self, record: Mapping[str, Any]) -> Path:
+        """Validate, checksum and atomically write a result record; returns its path."""
+        record = dict(record)
+        record.setdefault("format", RESULT_FORMAT)
+        missing = [k for k in REQUIRED_KEYS if k not in record]
+        if missing:
+            raise ValueError(f"result record lacks {missing}")
+        if record["status"] not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {record['status']!r}")
+        record.pop("checksum", None)
+        record["checksum"] = _checksum(record)
+        path = self.path_for(record["unit"], record["config_hash"])
+        atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True, default=str) + "\n")
+        return path
+
+    def load(self, unit: Mapping[str, Any], chash: str) -> dict[str, Any] | None:
+        """The verified record of a unit, or None when absent or corrupt (corrupt = not done)."""
+        path = self.path_for(unit, chash)
+        if not path.exists():
+            return None
+        try:
+            return read_result(path)
+        except CorruptResultError as exc:
+            log.warning("ignoring %s", exc)
+            return None
+
+    def is_done(self, unit: Mapping[str, Any], chash: str) -> bool:
+        record = self.load(unit, chash)
+        return record is not None and record["status"] == "done" and record.get("config_hash") == chash
+
+    def iter_records(self, protocol: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every verified record (optionally of one protocol); corrupt files are skipped with a warning."""
+        base = self.root / "runs" / (protocol or "")
+        if not base.is_dir():
+            return
+        for path in sorted(base.rglob("*.json")):
+            try:
+                record = read_result(path)
+            except CorruptResultError as exc:
+                log.warning("ignoring %s", exc)
+                continue
+            record["_path"] = str(path)
+            yield record

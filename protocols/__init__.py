@@ -1,0 +1,1 @@
+"""Protocol definitions (YAML files in this package, discovered by dplbench)."""
