@@ -1,0 +1,331 @@
+"""Ablation curves, sweep heatmaps, base-vs-novel bars and few-shot curves (PNG + PDF, headless).
+
+Every plotted value comes from :func:`dplbench.report.aggregation.aggregate`, so a plot and a table built from the
+same records always agree (e.g. the base-to-novel headline metric is the Average HM = HM of averaged Base/Novel).
+Figures are drawn on ``matplotlib.figure.Figure`` objects (Agg canvas) and never touch pyplot's global state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from dplbench.errors import DplbenchError, UnknownNameError
+from dplbench.report.aggregation import AVERAGE, LAYOUT_METRICS, TRANSFER_LAYOUTS, aggregate, resolve_layout
+from dplbench.report.reference import dataset_display, method_display
+
+log = logging.getLogger(__name__)
+
+PLOT_KINDS = ("ablation", "heatmap", "base_novel", "few_shot")
+PLOT_FORMATS = ("png", "pdf")
+HEADLINE_METRIC = {"base2novel": "hm", "cross_dataset": "top1", "domain_generalization": "top1", "few_shot": "acc",
+                   "long_tail": "overall"}
+
+
+def infer_layout(records: Sequence[Mapping[str, Any]]) -> str:
+    """Table layout implied by the metric keys of finished records (used when the caller gives none)."""
+    keys = {k for r in records if r.get("status") == "done" for k in (r.get("metrics") or {})}
+    if {"base", "novel"} <= keys:
+        return "base2novel"
+    if any(k.startswith("acc/") for k in keys):
+        return "cross_dataset"
+    if "overall" in keys:
+        return "long_tail"
+    if "acc" in keys:
+        return "few_shot"
+    raise DplbenchError("cannot tell the table layout from the records' metrics; pass layout=...")
+
+
+def _selection(frame, layout: str, metric: str, dataset: str | None, shots: int | str | None = None):
+    """Rows of ``metric`` for one dataset (default: the Average, or the only dataset when there is no Average).
+
+    Few-shot sweeps are compared at one shot count: ``shots``, default the largest.
+    """
+    rows = frame[frame["metric"] == metric]
+    if layout == "few_shot" and shots != "all":
+        counts = sorted(int(k) for k in rows["shots"].dropna().unique())
+        if shots is None:
+            shots = counts[-1]
+        if shots not in counts:
+            raise UnknownNameError("shot count", str(shots), [str(k) for k in counts])
+        rows = rows[rows["shots"] == shots]
+    if dataset is None:
+        if (rows["dataset"] == AVERAGE).any():
+            return rows[rows["dataset"] == AVERAGE], AVERAGE
+        names = list(dict.fromkeys(rows["dataset"]))
+        if len(names) != 1:
+            raise DplbenchError(f"records cover several datasets ({', '.join(names)}) and no Average; "
+                                "pass dataset=NAME")
+        dataset = names[0]
+    picked = rows[rows["dataset"] == dataset]
+    if picked.empty:
+        raise DplbenchError(f"no {metric!r} values for dataset {dataset!r}; "
+                            f"valid choices: {', '.join(dict.fromkeys(rows['dataset']))}")
+    return picked, dataset
+
+
+def _swept_keys(frame) -> dict[str, list[Any]]:
+    """Override keys that take more than one value, with their values in sorted order."""
+    values: dict[str, set[str]] = {}
+    for text in set(frame["overrides"]):
+        for key, value in json.loads(text).items():
+            values.setdefault(key, set()).add(json.dumps(value))
+    swept = {k: [json.loads(v) for v in vs] for k, vs in values.items() if len(vs) > 1}
+    return {k: sorted(vs, key=_sort_key) for k, vs in sorted(swept.items())}
+
+
+def _sort_key(value: Any) -> tuple[int, Any]:
+    return (0, float(value)) if isinstance(value, (int, float)) and not isinstance(value, bool) else (1, str(value))
+
+
+def _numeric(values: Sequence[Any]) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.=-]+", "_", text).strip("_")
+
+
+def _new_figure(width: float = 6.0, height: float = 4.0):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _save(fig, out_dir: Path, stem: str, formats: Sequence[str]) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in formats:
+        path = out_dir / f"{stem}.{fmt}"
+        tmp = path.with_name(f".{path.name}.tmp")
+        fig.savefig(tmp, format=fmt, dpi=150)
+        tmp.replace(path)
+        paths.append(path)
+    return paths
+
+
+def _shots_tag(rows, layout: str) -> str:
+    return f"_{int(rows['shots'].dropna().iloc[0])}shot" if layout == "few_shot" and len(rows) else ""
+
+
+def _metric_label(layout: str, metric: str, dataset: str, rows=None) -> str:
+    names = {"hm": "HM", "base": "Base", "novel": "Novel", "top1": "top-1", "acc": "accuracy", "overall": "overall"}
+    where = "average over targets" if dataset == AVERAGE and layout in TRANSFER_LAYOUTS else (
+        "average" if dataset == AVERAGE else dataset_display(dataset))
+    shots = sorted({int(k) for k in rows["shots"].dropna()}) if rows is not None and layout == "few_shot" else []
+    return f"{names.get(metric, metric)} (%), {where}" + (f", {shots[0]}-shot" if len(shots) == 1 else "")
+
+
+def plot_ablation(frame, layout: str, out_dir: Path, *, protocol: str, metric: str, dataset: str | None,
+                  x: str | None, shots: int | None, formats: Sequence[str]) -> list[Path]:
+    """Metric against each swept key (mean ± std band over seeds), one line per method and other settings."""
+    rows, dataset = _selection(frame, layout, metric, dataset, shots)
+    swept = _swept_keys(rows)
+    if x is not None:
+        if x not in swept:
+            raise UnknownNameError("swept key", x, swept)
+        swept = {x: swept[x]}
+    if not swept:
+        raise DplbenchError("no swept option: the records carry no override key with more than one value")
+    paths: list[Path] = []
+    for key, values in swept.items():
+        fig = _new_figure()
+        ax = fig.add_subplot()
+        numeric = _numeric(values)
+        lines: dict[str, list[tuple[Any, float, float]]] = {}
+        for r in rows.to_dict("records"):
+            overrides = json.loads(r["overrides"])
+            if math.isnan(r["mean"]):
+                continue
+            if not overrides:  # a default-options run of the same protocol: drawn as a reference level
+                ax.axhline(r["mean"], linestyle="--", linewidth=1, color="grey")
+                ax.annotate(f"{r['variant']} (defaults)", (0.01, r["mean"]), xycoords=("axes fraction", "data"),
+                            fontsize="small", color="grey", va="bottom")
+                continue
+            if key not in overrides:
+                continue
+            rest = ", ".join(f"{k.removeprefix('method.')}={v}" for k, v in overrides.items() if k != key)
+            name = method_display(r["method"]) + (f" ({rest})" if rest else "")
+            lines.setdefault(name, []).append((overrides[key], r["mean"], r["std"]))
+        for name, points in lines.items():
+            points.sort(key=lambda p: _sort_key(p[0]))
+            xs = [p[0] if numeric else values.index(p[0]) for p in points]
+            ys = [p[1] for p in points]
+            sd = [0.0 if math.isnan(p[2]) else p[2] for p in points]
+            ax.plot(xs, ys, marker="o", label=name)
+            ax.fill_between(xs, [y - s for y, s in zip(ys, sd)], [y + s for y, s in zip(ys, sd)], alpha=0.2)
+        if not numeric:
+            ax.set_xticks(range(len(values)), [str(v) for v in values])
+        ax.set_xlabel(key.removeprefix("method."))
+        ax.set_ylabel(_metric_label(layout, metric, dataset, rows))
+        ax.set_title(f"{protocol}: {key.removeprefix('method.')} ablation (mean ± std over seeds)")
+        ax.grid(alpha=0.3)
+        if lines:
+            ax.legend(fontsize="small")
+        paths += _save(fig, out_dir, _slug(f"{protocol}_ablation_{key}_{dataset}{_shots_tag(rows, layout)}"), formats)
+    return paths
+
+
+def plot_heatmap(frame, layout: str, out_dir: Path, *, protocol: str, metric: str, dataset: str | None,
+                 x: str | None, y: str | None, shots: int | None, formats: Sequence[str]) -> list[Path]:
+    """Two-parameter sweep: mean metric on a grid of two swept keys, one panel per method."""
+    import numpy as np
+
+    rows, dataset = _selection(frame, layout, metric, dataset, shots)
+    swept = _swept_keys(rows)
+    for k in (x, y):
+        if k is not None and k not in swept:
+            raise UnknownNameError("swept key", k, swept)
+    free = [k for k in swept if k not in (x, y)]
+    if len(swept) < 2:
+        raise DplbenchError(f"a heatmap needs two swept options; the records sweep {len(swept)}: "
+                            f"{', '.join(swept) or '(none)'}")
+    kx = x if x is not None else free.pop(0)
+    ky = y if y is not None else free.pop(0)
+    swept_both = [r["method"] for r in rows.to_dict("records")
+                  if {kx, ky} <= set(json.loads(r["overrides"])) and not math.isnan(r["mean"])]
+    methods = list(dict.fromkeys(swept_both))  # methods run at default options have no grid
+    if not methods:
+        raise DplbenchError(f"no finished run sets both {kx} and {ky}")
+    fig = _new_figure(4.5 * len(methods) + 0.5, 4.0)
+    axes = fig.subplots(1, len(methods), squeeze=False)[0]
+    for ax, method in zip(axes, methods):
+        grid = np.full((len(swept[ky]), len(swept[kx])), np.nan)
+        for r in rows[rows["method"] == method].to_dict("records"):
+            o = json.loads(r["overrides"])
+            if kx in o and ky in o:
+                grid[swept[ky].index(o[ky]), swept[kx].index(o[kx])] = r["mean"]
+        image = ax.imshow(np.ma.masked_invalid(grid), origin="lower", aspect="auto", cmap="viridis")
+        for (i, j), value in np.ndenumerate(grid):
+            if not math.isnan(value):
+                ax.text(j, i, f"{value:.1f}", ha="center", va="center", color="white", fontsize="small")
+        ax.set_xticks(range(len(swept[kx])), [str(v) for v in swept[kx]])
+        ax.set_yticks(range(len(swept[ky])), [str(v) for v in swept[ky]])
+        ax.set_xlabel(kx.removeprefix("method."))
+        ax.set_ylabel(ky.removeprefix("method."))
+        ax.set_title(method_display(method))
+        fig.colorbar(image, ax=ax, label=_metric_label(layout, metric, dataset, rows))
+    return _save(fig, out_dir, _slug(f"{protocol}_heatmap_{kx}_{ky}_{dataset}{_shots_tag(rows, layout)}"), formats)
+
+
+def plot_base_novel(frame, layout: str, out_dir: Path, *, protocol: str, dataset: str | None,
+                    formats: Sequence[str]) -> list[Path]:
+    """Grouped bars of Base and Novel accuracy (± std) per method, with the HM marked."""
+    if layout != "base2novel":
+        raise DplbenchError(f"base-vs-novel plots need base-to-novel records, not {layout}")
+    base, dataset = _selection(frame, layout, "base", dataset)
+    novel, _ = _selection(frame, layout, "novel", dataset)
+    hm, _ = _selection(frame, layout, "hm", dataset)
+    labels = list(base["variant"])
+    fig = _new_figure(max(5.0, 1.2 * len(labels) + 2), 4.0)
+    ax = fig.add_subplot()
+    pos = list(range(len(labels)))
+    for offset, part, name in ((-0.2, base, "Base"), (0.2, novel, "Novel")):
+        errs = [0.0 if math.isnan(s) else s for s in part["std"]]
+        ax.bar([p + offset for p in pos], list(part["mean"]), width=0.4, yerr=errs, capsize=3, label=name)
+    ax.scatter(pos, list(hm["mean"]), color="black", marker="D", zorder=3, label="HM")
+    ax.set_xticks(pos, labels, rotation=30, ha="right")
+    ax.set_ylabel(f"accuracy (%), {'average' if dataset == AVERAGE else dataset_display(dataset)}")
+    ax.set_title(f"{protocol}: base vs novel accuracy")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize="small")
+    return _save(fig, out_dir, _slug(f"{protocol}_base_novel_{dataset}"), formats)
+
+
+def plot_few_shot(frame, layout: str, out_dir: Path, *, protocol: str, dataset: str | None,
+                  formats: Sequence[str]) -> list[Path]:
+    """Accuracy against the number of shots (log2 axis), one line per method variant, ± std band."""
+    if layout != "few_shot":
+        raise DplbenchError(f"few-shot curves need few-shot records, not {layout}")
+    rows, dataset = _selection(frame, layout, "acc", dataset, shots="all")
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    for variant in dict.fromkeys(rows["variant"]):
+        part = rows[(rows["variant"] == variant) & rows["mean"].notna()].sort_values("shots")
+        xs, ys = [int(k) for k in part["shots"]], list(part["mean"])
+        sd = [0.0 if math.isnan(s) else s for s in part["std"]]
+        ax.plot(xs, ys, marker="o", label=variant)
+        ax.fill_between(xs, [a - b for a, b in zip(ys, sd)], [a + b for a, b in zip(ys, sd)], alpha=0.2)
+    shots = sorted({int(k) for k in rows["shots"].dropna()})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(shots, [str(k) for k in shots])
+    ax.set_xlabel("shots per class")
+    ax.set_ylabel(_metric_label(layout, "acc", dataset))
+    ax.set_title(f"{protocol}: few-shot accuracy (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return _save(fig, out_dir, _slug(f"{protocol}_few_shot_{dataset}"), formats)
+
+
+def make_plots(records: Iterable[Mapping[str, Any]], kind: str, out_dir: str | Path, *, layout: str | None = None,
+               protocol: str | None = None, metric: str | None = None, dataset: str | None = None,
+               x: str | None = None, y: str | None = None, shots: int | None = None,
+               formats: Sequence[str] = PLOT_FORMATS) -> list[Path]:
+    """Draw one kind of plot (``ablation`` | ``heatmap`` | ``base_novel`` | ``few_shot``, or ``all`` for every
+    kind the records support) into ``out_dir`` (the CLI passes ``<output_dir>/plots``); returns the files written.
+
+    ``metric`` defaults to the layout's headline metric (hm, top1, acc, overall); ``dataset`` to the Average;
+    ``x`` / ``y`` choose the swept override keys (e.g. ``method.iwtd.p_max``); few-shot sweeps are compared at
+    ``shots`` (default: the largest shot count).
+    """
+    records = list(records)
+    if not records:
+        raise DplbenchError("no result records to plot")
+    if kind != "all" and kind not in PLOT_KINDS:
+        raise UnknownNameError("plot kind", kind, (*PLOT_KINDS, "all"))
+    bad = [f for f in formats if f not in PLOT_FORMATS]
+    if bad:
+        raise UnknownNameError("plot format", bad[0], PLOT_FORMATS)
+    layout = resolve_layout(layout) if layout else infer_layout(records)
+    if protocol is None:
+        protocol = "_".join(sorted({str((r.get("unit") or {}).get("protocol", layout)) for r in records}))
+    metric = metric or HEADLINE_METRIC[layout]
+    if metric not in LAYOUT_METRICS[layout]:
+        raise UnknownNameError(f"{layout} metric", metric, LAYOUT_METRICS[layout])
+    frame = aggregate(records, layout)
+    out = Path(out_dir)
+    common = {"protocol": protocol, "formats": formats}
+    drawers = {
+        "ablation": lambda: plot_ablation(frame, layout, out, metric=metric, dataset=dataset, x=x, shots=shots,
+                                          **common),
+        "heatmap": lambda: plot_heatmap(frame, layout, out, metric=metric, dataset=dataset, x=x, y=y, shots=shots,
+                                        **common),
+        "base_novel": lambda: plot_base_novel(frame, layout, out, dataset=dataset, **common),
+        "few_shot": lambda: plot_few_shot(frame, layout, out, dataset=dataset, **common),
+    }
+    if kind != "all":
+        return drawers[kind]()
+    paths: list[Path] = []
+    for name, draw in drawers.items():
+        try:
+            paths += draw()
+        except DplbenchError as exc:
+            log.info("skipping %s plot: %s", name, exc)
+    return paths
+
+
+def log_plots_to_mlflow(paths: Iterable[str | Path], run_id: str | None = None,
+                        artifact_path: str = "plots") -> int:
+    """Log plot files as MLflow artifacts (to ``run_id``, else the active run); returns how many were logged.
+
+    Returns 0 (with a warning) when mlflow is not installed; raises DplbenchError when there is no run to log to.
+    """
+    paths = [Path(p) for p in paths]
+    try:
+        import mlflow
+    except ImportError:
+        log.warning("mlflow is not installed; %d plot(s) not logged", len(paths))
+        return 0
+    if run_id is None and mlflow.active_run() is None:
+        raise DplbenchError("no active MLflow run to log plots to; pass run_id=...")
+    for path in paths:
+        if run_id is None:
+            mlflow.log_artifact(str(path), artifact_path=artifact_path)
+        else:
+            mlflow.MlflowClient().log_artifact(run_id, str(path), artifact_path=artifact_path)
+    return len(paths)

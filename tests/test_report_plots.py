@@ -1,0 +1,157 @@
+"""Plots rebuilt from result files: every kind is written as a valid, non-trivial PNG and PDF."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import pytest
+
+from dplbench.errors import DplbenchError, UnknownNameError
+from dplbench.report import aggregate, log_plots_to_mlflow, make_plots
+from dplbench.report.plots import _swept_keys, infer_layout
+from test_report_tables import SEEDS, b2n, few_shot_records, make_record, toy_b2n_records, write_records
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+P_MAX = (0.1, 0.3, 0.5)
+RES_WEIGHT = (0.01, 0.05)
+
+
+def sweep_records():
+    """A 3 x 2 grid over two DroPLe options on two toy datasets, plus default-option CoOp runs."""
+    out = []
+    for p in P_MAX:
+        for w in RES_WEIGHT:
+            overrides = {"method.iwtd.p_max": p, "method.res.weight": w}
+            for d, dataset in enumerate(("toy_shapes", "toy_glyphs")):
+                for seed in SEEDS[:2]:
+                    base, novel = 80 + 10 * p - d, 65 + 100 * w - 2 * d
+                    out.append(make_record("base2novel", "drople", dataset, seed, b2n(base, novel, seed),
+                                           overrides=overrides, config={"seeds": SEEDS[:2]}))
+    for dataset in ("toy_shapes", "toy_glyphs"):
+        for seed in SEEDS[:2]:
+            out.append(make_record("base2novel", "coop", dataset, seed, b2n(82, 60, seed),
+                                   config={"seeds": SEEDS[:2]}))
+    return out
+
+
+def _assert_valid(paths, n_expected):
+    assert len(paths) == n_expected
+    for path in paths:
+        data = path.read_bytes()
+        assert len(data) > 1024, path
+        if path.suffix == ".png":
+            assert data.startswith(PNG_MAGIC)
+        else:
+            assert path.suffix == ".pdf" and data.startswith(b"%PDF-") and b"%%EOF" in data[-64:]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    return write_records(tmp_path_factory.mktemp("sweep"), sweep_records())
+
+
+def test_ablation_curves_one_per_swept_key(sweep, tmp_path):
+    paths = make_plots(sweep, "ablation", tmp_path / "plots")
+    _assert_valid(paths, 4)  # two swept keys x (png, pdf)
+    names = sorted(p.name for p in paths)
+    assert names[0] == "base2novel_ablation_method.iwtd.p_max_Average.pdf"
+    only = make_plots(sweep, "ablation", tmp_path / "one", x="method.res.weight", dataset="toy_glyphs",
+                      formats=("png",))
+    _assert_valid(only, 1)
+    assert only[0].name == "base2novel_ablation_method.res.weight_toy_glyphs.png"
+
+
+def test_ablation_points_are_the_table_numbers(sweep):
+    """The plotted y values are the Average HM rows of the aggregated table: HM of averaged Base/Novel."""
+    frame = aggregate(sweep, "base2novel")
+    rows = frame[(frame.dataset == "Average") & (frame.metric == "hm") & (frame.method == "drople")]
+    assert len(rows) == len(P_MAX) * len(RES_WEIGHT)
+    swept = _swept_keys(rows)
+    assert swept == {"method.iwtd.p_max": list(P_MAX), "method.res.weight": list(RES_WEIGHT)}
+    r = rows[rows.overrides == json.dumps({"method.iwtd.p_max": 0.5, "method.res.weight": 0.05}, sort_keys=True)]
+    base, novel = 85 - 0.5 - 0.15, 70 - 1 + 0.15  # averaged over both datasets and seeds 1-2 (offsets -0.3, 0)
+    assert float(r["mean"].iloc[0]) == pytest.approx(2 * base * novel / (base + novel))
+
+
+def test_heatmap_for_two_parameter_sweep(sweep, tmp_path):
+    paths = make_plots(sweep, "heatmap", tmp_path, y="method.iwtd.p_max")
+    _assert_valid(paths, 2)
+    assert paths[0].name == "base2novel_heatmap_method.res.weight_method.iwtd.p_max_Average.png"
+    with pytest.raises(UnknownNameError, match="swept key"):
+        make_plots(sweep, "heatmap", tmp_path, x="method.nope")
+
+
+def test_base_vs_novel_bars(tmp_path):
+    records = write_records(tmp_path / "runs", toy_b2n_records())
+    _assert_valid(make_plots(records, "base_novel", tmp_path / "plots"), 2)
+    _assert_valid(make_plots(records, "base_novel", tmp_path / "plots", dataset="toy_glyphs", formats=("png",)), 1)
+
+
+def test_few_shot_curves(tmp_path):
+    records = write_records(tmp_path / "runs", few_shot_records())
+    assert infer_layout(records) == "few_shot"
+    paths = make_plots(records, "few_shot", tmp_path / "plots")
+    _assert_valid(paths, 2)
+    assert paths[0].name == "few_shot_few_shot_Average.png"
+
+
+def test_few_shot_sweep_is_compared_at_one_shot_count(tmp_path):
+    records = write_records(tmp_path / "runs", [
+        make_record("few_shot", "coop", "toy_shapes", s, {"acc": 40 + 5 * k + n_ctx}, shots=k,
+                    overrides={"method.n_ctx": n_ctx}) for n_ctx in (4, 16) for k in (1, 2, 4) for s in SEEDS])
+    default = make_plots(records, "ablation", tmp_path / "plots", formats=("png",))
+    _assert_valid(default, 1)
+    assert default[0].name == "few_shot_ablation_method.n_ctx_Average_4shot.png"  # the largest shot count
+    one = make_plots(records, "ablation", tmp_path / "plots", shots=1, formats=("png",))
+    _assert_valid(one, 1)
+    assert one[0].name.endswith("_1shot.png")
+    with pytest.raises(UnknownNameError, match="shot count"):
+        make_plots(records, "ablation", tmp_path / "plots", shots=3)
+
+
+def test_all_kinds_skip_what_does_not_apply(sweep, tmp_path):
+    paths = make_plots(sweep, "all", tmp_path, formats=("png",))
+    kinds = sorted({p.stem.split("_")[1] for p in paths})
+    assert kinds == ["ablation", "base", "heatmap"]  # no few-shot curve for base-to-novel records
+    _assert_valid(paths, 4)
+
+
+def test_plot_errors_are_readable(tmp_path):
+    records = write_records(tmp_path / "runs", toy_b2n_records())
+    with pytest.raises(DplbenchError, match="no swept option"):
+        make_plots(records, "ablation", tmp_path)
+    with pytest.raises(DplbenchError, match="few-shot curves need few-shot records"):
+        make_plots(records, "few_shot", tmp_path)
+    with pytest.raises(UnknownNameError):
+        make_plots(records, "violin", tmp_path)
+    with pytest.raises(UnknownNameError):
+        make_plots(records, "base_novel", tmp_path, formats=("svg",))
+    with pytest.raises(DplbenchError, match="no 'base' values for dataset 'nope'"):
+        make_plots(records, "base_novel", tmp_path, dataset="nope")
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_log_plots_to_mlflow(monkeypatch, tmp_path):
+    calls = []
+    fake = types.ModuleType("mlflow")
+    fake.active_run = lambda: None
+    fake.log_artifact = lambda path, artifact_path=None: calls.append(("active", path, artifact_path))
+
+    class Client:
+        def log_artifact(self, run_id, path, artifact_path=None):
+            calls.append((run_id, path, artifact_path))
+
+    fake.MlflowClient = Client
+    monkeypatch.setitem(sys.modules, "mlflow", fake)
+    files = [tmp_path / "a.png", tmp_path / "a.pdf"]
+    with pytest.raises(DplbenchError, match="no active MLflow run"):
+        log_plots_to_mlflow(files)
+    assert log_plots_to_mlflow(files, run_id="r1") == 2
+    fake.active_run = lambda: object()
+    assert log_plots_to_mlflow(files[:1]) == 1
+    assert calls == [("r1", str(files[0]), "plots"), ("r1", str(files[1]), "plots"),
+                     ("active", str(files[0]), "plots")]
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # import fails -> nothing logged, no error
+    assert log_plots_to_mlflow(files) == 0
