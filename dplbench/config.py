@@ -23,7 +23,7 @@ from dplbench.orchestrate.settings import RayConfig, SweepConfig, TrackingConfig
 @dataclass
 class BackboneConfig:
     name: str = "toy"                     # "toy" (built-in) or any open_clip model name
-    pretrained: Optional[str] = None      # open_clip pretrained tag, e.g. "openai"
+    pretrained: Optional[str] = None      # open_clip tag (e.g. "openai"); "random" = random init; null = catalog default
     checkpoint: Optional[str] = None      # local checkpoint path (overrides the tag)
     precision: str = "auto"               # auto | fp32 | amp_bf16 | amp_fp16 | fp16_faithful
     cache_dir: Optional[str] = None       # where pretrained weights are looked up (never downloaded)
