@@ -189,7 +189,7 @@ def fill_protocol_defaults(cfg: DictConfig, explicit: set[str]) -> None:
         raise ConfigError(f"protocol {protocol.name!r} has no suite {cfg.suite!r}. Valid suites: "
                           f"{', '.join(sorted(suites))}")
     suite = suites[cfg.suite]
-    defaults = {"methods": list(protocol.methods), "seeds": list(protocol.seeds), "shots": list(protocol.shots),
+    defaults = {"methods": protocol.registered_methods(), "seeds": list(protocol.seeds), "shots": list(protocol.shots),
                 "datasets": list(suite.get("datasets", [])), "source": suite.get("source"),
                 "targets": list(suite.get("targets", []))}
     for key, value in defaults.items():

@@ -1,0 +1,207 @@
+"""The Ray instance of a run: attach to a cluster or start a local one, check resources, clean up after kills.
+
+A local instance started by dplbench is recorded in ``<output_dir>/.dplbench-ray.json`` (driver pid, session
+directory). Killing a driver (even with SIGKILL) leaves Ray's processes running; the next run in the same output
+directory finds the record of a dead driver and terminates exactly that session's processes (those whose command
+line names its session directory, and their children) — never other Ray instances. SIGINT / SIGTERM during a run
+shut Ray down before the process exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from dplbench.errors import DplbenchError
+from dplbench.orchestrate import preflight
+from dplbench.results import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+SESSION_FILE = ".dplbench-ray.json"
+AUTH_HINT = ("if the cluster uses token authentication (default since Ray 2.59), provide the token with "
+             "RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token")
+
+
+class RayConnectionError(DplbenchError):
+    """``ray.address`` names a cluster dplbench cannot attach to."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _process_table() -> list[tuple[int, int, str]]:
+    """(pid, ppid, command line) of every process (``ps`` works on Linux and macOS)."""
+    out = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True).stdout
+    rows = []
+    for line in out.splitlines():
+        parts = line.split(None, 2)
+        if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():
+            rows.append((int(parts[0]), int(parts[1]), parts[2] if len(parts) > 2 else ""))
+    return rows
+
+
+def _holds_file_under(pid: int, folder: str) -> bool:
+    """Whether a process has a file open under ``folder`` (Linux /proc; False elsewhere). Ray's agents rename
+    their process title (``ray::DashboardAgent``) but keep their session's log files open."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(folder + os.sep):
+                return True
+    return False
+
+
+def session_processes(session_dir: str) -> list[int]:
+    """Pids of the processes of one Ray session: those naming its directory on their command line or (renamed
+    ``ray::*`` processes) holding one of its files open, plus all their descendants."""
+    table = _process_table()
+    marked = {pid for pid, _, args in table if pid != os.getpid() and (
+        session_dir in args or (args.startswith("ray::") and _holds_file_under(pid, session_dir)))}
+    children: dict[int, list[int]] = {}
+    for pid, ppid, _ in table:
+        children.setdefault(ppid, []).append(pid)
+    stack, found = list(marked), set(marked)
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found and child != os.getpid():
+                found.add(child)
+                stack.append(child)
+    return sorted(found)
+
+
+def terminate(pids: list[int], grace_s: float = 5.0) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and any(_pid_alive(p) for p in pids):
+            time.sleep(0.1)
+        pids = [p for p in pids if _pid_alive(p)]
+        if not pids:
+            return
+
+
+def clean_stale_session(output_dir: Path) -> list[int]:
+    """Terminate the Ray processes left by a killed dplbench driver of this output directory; returns their pids."""
+    path = output_dir / SESSION_FILE
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        driver, session_dir = int(record["driver_pid"]), str(record["session_dir"])
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, KeyError, TypeError):
+        path.unlink(missing_ok=True)
+        return []
+    if driver != os.getpid() and _pid_alive(driver):
+        log.warning("another dplbench run (pid %d) is using %s; starting a separate Ray instance", driver, output_dir)
+        return []
+    # a Ray session directory is an absolute path ending in session_<date>_<pid>: never match anything shorter
+    pids = session_processes(session_dir) if os.path.isabs(session_dir) and "session_" in session_dir else []
+    if pids:
+        log.warning("stopping %d Ray process(es) left by a killed dplbench run (session %s)", len(pids),
+                    session_dir)
+        terminate(pids)
+    path.unlink(missing_ok=True)
+    return pids
+
+
+def _connect(address: str) -> None:
+    import ray
+
+    try:
+        ray.init(address=address, log_to_driver=False)
+    except Exception as exc:  # noqa: BLE001 - ConnectionError, auth errors, timeouts: one line for the user
+        message = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise RayConnectionError(f"cannot attach to the Ray cluster at ray.address={address}: {message}; "
+                                 f"{AUTH_HINT}") from None
+
+
+@contextlib.contextmanager
+def _signals_shut_down_ray(owned: bool) -> Iterator[None]:
+    """SIGINT / SIGTERM: shut the local Ray instance down, then interrupt (main thread only)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if owned:
+            import ray
+
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@contextlib.contextmanager
+def ray_session(cfg: Any) -> Iterator[dict[str, float]]:
+    """Ray ready for ``fit()`` with the per-trial request checked; yields the request ``{"cpu", "gpu"}``.
+
+    Reuses an already initialised Ray (e.g. a test session or a notebook), attaches to ``ray.address`` or starts
+    a local instance that it shuts down afterwards.
+    """
+    request = preflight.trial_resources(cfg)
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")  # `uv run` drivers: no per-worker re-install
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")    # our handler shuts Ray down instead
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")             # quiet Tune output; dplbench prints progress
+    import ray
+
+    output_dir = Path(cfg.run.output_dir).expanduser().resolve()
+    owned = connected = False
+    if ray.is_initialized():
+        where = "the running Ray instance"
+    elif cfg.ray.address:
+        _connect(str(cfg.ray.address))
+        connected = True
+        where = f"the Ray cluster at {cfg.ray.address}"
+    else:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        clean_stale_session(output_dir)
+        num_cpus = None if cfg.ray.num_cpus is None else int(cfg.ray.num_cpus)
+        context = ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        owned = True
+        atomic_write_text(output_dir / SESSION_FILE, json.dumps(
+            {"driver_pid": os.getpid(), "session_dir": context.address_info["session_dir"],
+             "started": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+        where = "the local Ray instance"
+    try:
+        available = ray.cluster_resources()
+        preflight.check_resources(request, available, where=where)
+        preflight.warn_unused_gpus(request, available, str(cfg.run.device))
+        with _signals_shut_down_ray(owned):
+            yield request
+    finally:
+        if owned or connected:  # a connected driver only disconnects; the cluster keeps running
+            ray.shutdown()
+        if owned:
+            (output_dir / SESSION_FILE).unlink(missing_ok=True)

@@ -1,0 +1,471 @@
+"""Sweeps: grid or Optuna search over any result-relevant config keys, scheduled through Ray Tune.
+
+One sweep trial = one configuration evaluated on every unit of the run (the protocol's datasets x seeds x shots,
+after the user's selection), executed one after another inside the trial. Every unit writes its own result file
+(the swept values appear in ``unit.overrides``) and MLflow run, so tables and ablation plots are rebuilt from the
+result store; a rerun of the same sweep skips the units that are already done. The trial's objective is the
+protocol metric aggregated over its units (``hm`` = HM of the mean Base and mean Novel) and is reported once to
+Tune / Optuna when the trial ends.
+
+Grids are explicit trial lists (``tune.grid_search`` over the value combinations, no search algorithm). Optuna
+runs through ``OptunaSearch`` with an explicitly constructed, seeded sampler (recorded in the summary).
+
+Definitions live in ``protocols/sweeps/<name>.yaml``::
+
+    name: drople_ablation
+    protocol: base2novel          # the sweep's protocol (the run must use it)
+    methods: [drople]             # replaces the protocol's default methods (an explicit method=... wins)
+    search: grid                  # grid | optuna
+    params: {method.dropout_rate: [0.1, 0.3], method.res.weight: [0.0, 0.05]}
+    metric: {name: hm, mode: max}
+    num_samples: 20               # optuna only
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from dplbench.errors import ConfigError, UnknownNameError
+from dplbench.orchestrate import tracking as tracking_mod
+from dplbench.results import ResultStore, atomic_write_text
+
+SEARCHES = ("grid", "optuna")
+SAMPLERS = ("tpe", "random")
+DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
+DEFINITION_KEYS = ("name", "description", "protocol", "methods", "search", "params", "metric", "num_samples")
+# Sections a sweep may not vary: they do not change results (or they steer the sweep itself).
+FORBIDDEN_PREFIXES = ("ray.", "tracking.", "sweep.", "run.")
+
+
+@dataclass(frozen=True)
+class SweepDefinition:
+    name: str
+    description: str = ""
+    protocol: str | None = None
+    methods: tuple[str, ...] = ()
+    search: str = "grid"
+    params: Mapping[str, Any] = field(default_factory=dict)
+    metric: Mapping[str, str] = field(default_factory=dict)
+    num_samples: int | None = None
+
+
+def sweep_names() -> list[str]:
+    folder = resources.files("protocols") / "sweeps"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_sweep_definition(name: str) -> SweepDefinition:
+    """``protocols/sweeps/<name>.yaml`` (safe_load, validated)."""
+    names = sweep_names()
+    if name not in names:
+        raise UnknownNameError("sweep", name, names)
+    where = f"protocols/sweeps/{name}.yaml"
+    try:
+        data = yaml.safe_load((resources.files("protocols") / "sweeps" / f"{name}.yaml").read_text("utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: a sweep file must hold a mapping")
+    unknown = sorted(set(data) - set(DEFINITION_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(DEFINITION_KEYS)}")
+    if not isinstance(data.get("params"), dict) or not data["params"]:
+        raise ConfigError(f"{where}: 'params' must map config keys to value lists")
+    return SweepDefinition(
+        name=str(data.get("name", name)), description=str(data.get("description", "")),
+        protocol=data.get("protocol"), methods=tuple(data.get("methods") or ()),
+        search=str(data.get("search", "grid")), params=dict(data["params"]), metric=dict(data.get("metric") or {}),
+        num_samples=data.get("num_samples"))
+
+
+@dataclass
+class SweepPlan:
+    name: str
+    search: str
+    params: dict[str, Any]          # key -> list (grid / categorical) or distribution mapping
+    metric: str
+    mode: str
+    num_samples: int
+    sampler: str
+    sampler_seed: int
+    grid: list[dict[str, Any]]      # grid: every combination, in order
+
+
+def _flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested ``{method: {n_ctx: [..]}}`` (from CLI overrides) -> ``{"method.n_ctx": [..]}``; a mapping with a
+    ``type`` key is a distribution, not a level."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping) and "type" not in value:
+            out.update(_flatten_params(value, full))
+        else:
+            out[full] = value
+    return out
+
+
+def _check_param(key: str, spec: Any, search: str) -> None:
+    if key.startswith(FORBIDDEN_PREFIXES) or key in ("protocol", "suite", "methods", "datasets"):
+        raise ConfigError(f"sweep.params: {key!r} cannot be swept (sweep result-relevant keys such as method.*, "
+                          "train.*, backbone.*, seeds, shots)")
+    if isinstance(spec, list):
+        if not spec:
+            raise ConfigError(f"sweep.params.{key}: empty value list")
+        return
+    if search == "grid":
+        raise ConfigError(f"sweep.params.{key}: a grid needs a list of values, got {spec!r}")
+    if not isinstance(spec, Mapping) or spec.get("type") not in DISTRIBUTIONS:
+        raise ConfigError(f"sweep.params.{key}: expected a list or {{type: {'|'.join(DISTRIBUTIONS)}, ...}}, "
+                          f"got {spec!r}")
+    if spec["type"] == "choice" and not spec.get("values"):
+        raise ConfigError(f"sweep.params.{key}: type choice needs 'values'")
+    if spec["type"] != "choice" and not ("low" in spec and "high" in spec and spec["low"] < spec["high"]):
+        raise ConfigError(f"sweep.params.{key}: type {spec['type']} needs low < high")
+
+
+def _validate_keys(cfg: Any, params: Mapping[str, Any]) -> None:
+    """Every swept key exists in the config (method options are checked against the selected methods)."""
+    from omegaconf import OmegaConf
+
+    from dplbench.config import validate_method_options
+
+    method_keys = {}
+    for key, spec in params.items():
+        if key.startswith("method."):
+            sample = spec[0] if isinstance(spec, list) else spec.get("values", [spec.get("low")])[0]
+            method_keys[key[len("method."):]] = sample
+        elif OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+            raise ConfigError(f"sweep.params: unknown config key {key!r}")
+    if method_keys:
+        nested: dict[str, Any] = {}
+        for key, value in method_keys.items():
+            node = nested
+            *parents, last = key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[last] = value
+        validate_method_options(list(cfg.methods), nested)
+
+
+def plan_sweep(cfg: Any) -> SweepPlan:
+    """Merge ``sweep.name``'s definition with the ``sweep.*`` config (explicit config values win) and validate.
+
+    The definition's ``methods`` replace the protocol's default methods; mutates ``cfg.methods`` accordingly.
+    """
+    from omegaconf import OmegaConf
+
+    from dplbench.catalog import PROTOCOLS
+
+    sweep = cfg.sweep
+    definition = load_sweep_definition(sweep.name) if sweep.name else SweepDefinition(name="sweep")
+    protocol = PROTOCOLS.get(PROTOCOLS.canonical(cfg.protocol))
+    if definition.protocol and PROTOCOLS.canonical(definition.protocol) != protocol.name:
+        raise ConfigError(f"sweep {definition.name!r} is defined for protocol {definition.protocol!r}; "
+                          f"add protocol={definition.protocol}")
+    if definition.methods and list(cfg.methods) in (list(protocol.methods), protocol.registered_methods()):
+        cfg.methods = list(definition.methods)
+    params = _flatten_params(OmegaConf.to_container(sweep.params, resolve=True) if sweep.params else {}) \
+        or _flatten_params(definition.params)
+    if not params:
+        raise ConfigError("nothing to sweep: set sweep.name=<file in protocols/sweeps> "
+                          f"({', '.join(sweep_names())}) or sweep.params.<key>=[v1,v2]")
+    search = sweep.search or definition.search
+    if search not in SEARCHES:
+        raise ConfigError(f"sweep.search={search!r}; valid choices: {', '.join(SEARCHES)}")
+    if sweep.sampler not in SAMPLERS:
+        raise ConfigError(f"sweep.sampler={sweep.sampler!r}; valid choices: {', '.join(SAMPLERS)}")
+    for key, spec in params.items():
+        _check_param(key, spec, search)
+    _validate_keys(cfg, params)
+    metric = sweep.metric or definition.metric.get("name") or protocol.metric["name"]
+    mode = sweep.mode or definition.metric.get("mode") or protocol.metric.get("mode", "max")
+    if mode not in ("max", "min"):
+        raise ConfigError(f"sweep.mode={mode!r}; valid choices: max, min")
+    keys = list(params)
+    grid = [dict(zip(keys, combo)) for combo in itertools.product(*(params[k] for k in keys))] \
+        if search == "grid" else []
+    num_samples = len(grid) if search == "grid" else int(sweep.num_samples or definition.num_samples or 10)
+    if num_samples < 1:
+        raise ConfigError(f"sweep.num_samples must be >= 1, got {num_samples}")
+    return SweepPlan(name=definition.name, search=search, params=params, metric=metric, mode=mode,
+                     num_samples=num_samples, sampler=sweep.sampler, sampler_seed=int(sweep.sampler_seed), grid=grid)
+
+
+# -- objective --------------------------------------------------------------------------------------------------
+def harmonic_mean(a: float, b: float) -> float:
+    return 0.0 if a + b == 0 else 2 * a * b / (a + b)
+
+
+def objective(records: Sequence[Mapping[str, Any]], metric: str) -> float | None:
+    """The sweep metric over the done records of one configuration (None when none of them has it).
+
+    ``hm``: HM of the mean Base and mean Novel (protocols.md §6); ``target_mean``: mean over units of the mean
+    ``acc/<target>`` over each unit's targets (source excluded); any other name: mean of that metric.
+    """
+    done = [r for r in records if r.get("status") == "done"]
+    if metric == "hm":
+        base = [r["metrics"]["base"] for r in done if "base" in r["metrics"] and "novel" in r["metrics"]]
+        novel = [r["metrics"]["novel"] for r in done if "base" in r["metrics"] and "novel" in r["metrics"]]
+        return harmonic_mean(statistics.fmean(base), statistics.fmean(novel)) if base else None
+    if metric == "target_mean":
+        values = []
+        for r in done:
+            targets = [r["metrics"].get(f"acc/{t}") for t in r.get("config", {}).get("targets", [])]
+            if targets and all(isinstance(v, (int, float)) for v in targets):
+                values.append(statistics.fmean(targets))
+        return statistics.fmean(values) if values else None
+    values = [r["metrics"][metric] for r in done if isinstance(r["metrics"].get(metric), (int, float))]
+    return statistics.fmean(values) if values else None
+
+
+# -- trial ------------------------------------------------------------------------------------------------------
+def apply_params(cfg: Any, params: Mapping[str, Any]) -> Any:
+    """A copy of ``cfg`` with the trial's values set (method options may be new keys)."""
+    from omegaconf import OmegaConf
+
+    trial_cfg = cfg.copy()
+    for key, value in params.items():
+        OmegaConf.update(trial_cfg, key, value, merge=True, force_add=key.startswith("method."))
+    return trial_cfg
+
+
+def evaluate_configuration(cfg: Any, params: Mapping[str, Any], metric: str, *, executor=None,
+                           tracking: tracking_mod.TrackingInfo | None = None) -> dict[str, Any]:
+    """Run (or reuse) every unit of one configuration; returns {"objective", "units", "done", "failed", ...}."""
+    from dplbench.orchestrate.trial import execute_and_record
+    from dplbench.units import expand_units
+
+    trial_cfg = apply_params(cfg, params)
+    units = expand_units(trial_cfg, extra_overrides=dict(params))
+    store = ResultStore(cfg.run.output_dir)
+    records, ran = [], 0
+    for unit in units:
+        record = None if cfg.run.force else store.load(unit.unit_dict(), unit.config_hash)
+        if record is None or record["status"] != "done":
+            record, _ = execute_and_record(unit, trial_cfg, executor=executor, tracking=tracking)
+            ran += 1
+        records.append(record)
+    value = objective(records, metric)
+    failed = sum(r["status"] != "done" for r in records)
+    return {"objective": math.nan if value is None else value, "units": len(units), "ran": ran,
+            "failed": failed, "params": dict(params),
+            "result_files": [str(store.path_for(u.unit_dict(), u.config_hash)) for u in units]}
+
+
+def _trial_tracking(info: tracking_mod.TrackingInfo | None, name: str, params: Mapping[str, Any]):
+    """A run per sweep trial (child of the sweep run); the unit runs become its children."""
+    if info is None:
+        return None, None
+    from mlflow.entities import Param
+
+    client = tracking_mod._client(info.uri)
+    run = client.create_run(info.experiment_id, run_name=name,
+                            tags={"mlflow.parentRunId": info.parent_run_id, "dplbench.role": "sweep_trial"})
+    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in tracking_mod.short_params(params).items()])
+    return client, tracking_mod.TrackingInfo(info.uri, info.experiment_id, run.info.run_id)
+
+
+def sweep_trainable(config: dict[str, Any], *, cfg: Any, metric: str, tracking: Any, executor: Any) -> None:
+    """Ray Tune function trainable of one sweep configuration; reports the objective once, at the end."""
+    from ray import tune
+
+    params = {k: _plain(v) for k, v in config["params"].items()}
+    name = tune.get_context().get_trial_name()
+    client, trial_info = (None, None)
+    try:
+        client, trial_info = _trial_tracking(tracking, name, params)
+    except Exception as exc:  # noqa: BLE001 - tracking never fails a trial
+        tracking_mod.log.warning("MLflow: could not start the sweep trial run: %s", exc)
+    outcome = evaluate_configuration(cfg, params, metric, executor=executor, tracking=trial_info)
+    if client is not None:
+        tracking_mod._safely("finish the sweep trial run", _finish_trial_run, client, trial_info, outcome, metric)
+    tune.report({metric: outcome["objective"], "units": outcome["units"], "failed": outcome["failed"],
+                 "ran": outcome["ran"], "status": "done" if outcome["failed"] == 0 else "failed"})
+
+
+def _finish_trial_run(client: Any, info: tracking_mod.TrackingInfo, outcome: Mapping[str, Any], metric: str) -> None:
+    import time as _time
+
+    from mlflow.entities import Metric
+
+    now = int(_time.time() * 1000)
+    values = tracking_mod.numeric_metrics({metric: outcome["objective"], "units": outcome["units"],
+                                           "failed": outcome["failed"]})
+    client.log_batch(info.parent_run_id, metrics=[Metric(k, v, now, 0) for k, v in values.items()])
+    client.set_terminated(info.parent_run_id, "FINISHED" if outcome["failed"] == 0 else "FAILED")
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars from Optuna/Tune -> Python values (JSON, hashing)."""
+    return value.item() if hasattr(value, "item") and not isinstance(value, (list, dict, str)) else value
+
+
+# -- driver -----------------------------------------------------------------------------------------------------
+@dataclass
+class SweepSummary:
+    name: str
+    search: str
+    metric: str
+    mode: str
+    sampler: str | None                 # Optuna sampler repr (None for grids)
+    sampler_seed: int | None
+    optuna_version: str | None
+    trials: list[dict[str, Any]] = field(default_factory=list)   # params, objective, units, failed, ...
+    best: dict[str, Any] | None = None
+    seconds: float = 0.0
+    summary_path: str | None = None
+    tracking_uri: str | None = None
+    parent_run_id: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.trials) and all(t.get("failed", 1) == 0 for t in self.trials)
+
+    def __str__(self) -> str:
+        lines = [f"sweep {self.name}: {len(self.trials)} trial(s), {self.search}"
+                 + (f" ({self.sampler})" if self.sampler else "") + f", {self.metric} ({self.mode})"
+                 + f" in {self.seconds:.1f}s"]
+        for t in self.trials:
+            params = ", ".join(f"{k}={v}" for k, v in t["params"].items())
+            value = t.get("objective")
+            text = "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
+            lines.append(f"  {params}: {self.metric}={text}  ({t.get('units', 0)} unit(s), "
+                         f"{t.get('failed', 0)} failed)")
+        if self.best:
+            params = ", ".join(f"{k}={v}" for k, v in self.best["params"].items())
+            lines.append(f"best: {params} -> {self.metric}={self.best['objective']:.2f}")
+        if self.summary_path:
+            lines.append(f"summary: {self.summary_path}")
+        return "\n".join(lines)
+
+
+def _search_space(params: Mapping[str, Any]) -> dict[str, Any]:
+    from ray import tune
+
+    space = {}
+    for key, spec in params.items():
+        if isinstance(spec, list):
+            space[key] = tune.choice(spec)
+        elif spec["type"] == "uniform":
+            space[key] = tune.uniform(spec["low"], spec["high"])
+        elif spec["type"] == "loguniform":
+            space[key] = tune.loguniform(spec["low"], spec["high"])
+        elif spec["type"] == "int":
+            space[key] = tune.randint(int(spec["low"]), int(spec["high"]) + 1)
+        else:
+            space[key] = tune.choice(list(spec["values"]))
+    return space
+
+
+def _make_sampler(plan: SweepPlan):
+    import optuna
+
+    if plan.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=plan.sampler_seed)
+    return optuna.samplers.TPESampler(seed=plan.sampler_seed)
+
+
+def run_sweep(cfg: Any, *, executor: Any = None) -> SweepSummary:
+    """Plan, schedule through Ray Tune, and summarise a sweep (also written to ``<output_dir>/sweeps/``)."""
+    from ray import tune
+
+    from dplbench.orchestrate.progress import Progress
+    from dplbench.orchestrate.runner import experiment_name, storage_path
+    from dplbench.orchestrate.session import ray_session
+    from dplbench.units import expand_units
+
+    start = time.perf_counter()
+    plan = plan_sweep(cfg)
+    first = plan.grid[0] if plan.grid else {k: v[0] if isinstance(v, list) else v.get("values", [v.get("low")])[0]
+                                            for k, v in plan.params.items()}
+    expand_units(apply_params(cfg, first), extra_overrides=first)  # names, datasets, options: fail before Ray
+    sampler = _make_sampler(plan) if plan.search == "optuna" else None
+    optuna_version = None
+    if sampler is not None:
+        import optuna
+
+        optuna_version = optuna.__version__
+    summary = SweepSummary(name=plan.name, search=plan.search, metric=plan.metric, mode=plan.mode,
+                           sampler=repr(sampler) if sampler else None,
+                           sampler_seed=plan.sampler_seed if sampler else None, optuna_version=optuna_version)
+    print(f"sweep {plan.name}: {plan.search}, {plan.num_samples} trial(s) over {', '.join(plan.params)}; "
+          f"objective {plan.metric} ({plan.mode})", flush=True)
+
+    def describe(config: dict[str, Any], result: dict[str, Any]) -> tuple[str, str, str]:
+        params = ", ".join(f"{k}={_plain(v)}" for k, v in (config.get("params") or {}).items())
+        value = result.get(plan.metric)
+        text = f"{plan.metric}={value:.2f}" if isinstance(value, float) and not math.isnan(value) else ""
+        return params, str(result.get("status", "?")), text
+
+    if plan.search == "grid":
+        param_space = {"params": tune.grid_search(plan.grid)}
+        search_alg, num_samples = None, 1
+    else:
+        from ray.tune.search.optuna import OptunaSearch
+
+        param_space = {"params": _search_space(plan.params)}
+        search_alg = OptunaSearch(metric=plan.metric, mode=plan.mode, sampler=sampler)
+        num_samples = plan.num_samples
+    with ray_session(cfg) as request:
+        info = tracking_mod.start_parent(
+            cfg, experiment_name("sweep", plan.name),
+            {"sweep": plan.name, "search": plan.search, "metric": plan.metric, "mode": plan.mode,
+             "sampler": summary.sampler or "grid", "sampler_seed": plan.sampler_seed, "optuna": optuna_version,
+             "protocol": cfg.protocol, "methods": list(cfg.methods),
+             **{f"space.{k}": v for k, v in plan.params.items()}},
+            {"dplbench.kind": "sweep"})
+        try:
+            trainable = tune.with_parameters(sweep_trainable, cfg=cfg, metric=plan.metric, tracking=info,
+                                             executor=executor)
+            tuner = tune.Tuner(
+                tune.with_resources(trainable, request), param_space=param_space,
+                tune_config=tune.TuneConfig(
+                    search_alg=search_alg, num_samples=num_samples, max_concurrent_trials=cfg.ray.max_concurrent,
+                    reuse_actors=True, trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+                run_config=tune.RunConfig(name=experiment_name("sweep", plan.name), storage_path=storage_path(cfg),
+                                          verbose=0, callbacks=[Progress(plan.num_samples, describe)],
+                                          failure_config=tune.FailureConfig(max_failures=0)))
+            grid = tuner.fit()
+        except BaseException:
+            tracking_mod.end_parent(info, {}, failed=True)
+            raise
+    for result in grid:
+        params = {k: _plain(v) for k, v in ((result.config or {}).get("params") or {}).items()}
+        metrics = result.metrics or {}
+        value = metrics.get(plan.metric)
+        crashed = result.error is not None
+        summary.trials.append({"params": params, "objective": None if value is None or math.isnan(value) else value,
+                               "units": metrics.get("units", 0),
+                               "failed": max(1, metrics.get("units", 1)) if crashed else metrics.get("failed", 0),
+                               "error": str(result.error).splitlines()[0][:300] if crashed else None})
+    scored = [t for t in summary.trials if t["objective"] is not None]
+    if scored:
+        summary.best = (max if plan.mode == "max" else min)(scored, key=lambda t: t["objective"])
+    summary.seconds = time.perf_counter() - start
+    out = ResultStore(cfg.run.output_dir).root / "sweeps" / f"{plan.name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    summary.summary_path = str(out)
+    if info is not None:
+        summary.tracking_uri, summary.parent_run_id = info.uri, info.parent_run_id
+        best = {plan.metric: summary.best["objective"]} if summary.best else {}
+        tracking_mod.end_parent(info, {**best, "trials": len(summary.trials)}, failed=not summary.ok)
+    atomic_write_text(out, json.dumps({**asdict(summary), "params": plan.params, "protocol": cfg.protocol,
+                                       "methods": list(cfg.methods)}, indent=1, default=str) + "\n")
+    return summary
+
+
+def _trial_name(trial: Any) -> str:
+    """Short deterministic trial directory: t<index> + a digest of the values (no long config strings)."""
+    from dplbench.results import config_hash
+
+    params = {k: _plain(v) for k, v in (trial.config.get("params") or {}).items()}
+    return f"t{trial.trial_id[-5:]}-{config_hash(params)[:8]}"

@@ -1,0 +1,105 @@
+"""What runs inside one trial: execute a unit, write its result file (done or failed), mirror it to MLflow,
+report to Ray Tune.
+
+A failing unit (NaN loss, missing data, out of memory, any exception) is caught here and written as a ``failed``
+result with a one-line reason, so the other trials go on. Only KeyboardInterrupt / SystemExit propagate.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from dplbench.orchestrate.tracking import TrackingInfo, UnitRun
+from dplbench.results import RESULT_FORMAT, ResultStore
+
+Executor = Callable[..., Mapping[str, Any]]  # (unit, cfg, on_epoch=...) -> {"metrics", "history", ...}
+Reporter = Callable[[dict[str, Any]], None]
+
+MAX_ERROR_CHARS = 500
+
+
+def default_executor() -> Executor:
+    from dplbench.execute import execute_unit
+
+    return execute_unit
+
+
+def error_line(exc: BaseException) -> str:
+    """``ExcType: first line of the message`` (bounded length)."""
+    text = str(exc).strip().splitlines()
+    line = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    return line if len(line) <= MAX_ERROR_CHARS else line[: MAX_ERROR_CHARS - 3] + "..."
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _non_finite(metrics: Mapping[str, Any]) -> list[str]:
+    return [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
+
+
+def _environment(cfg: Any) -> dict[str, Any]:
+    from dplbench.environment import environment_record
+
+    return environment_record(str(cfg.run.device))
+
+
+def execute_and_record(unit: Any, cfg: Any, *, executor: Executor | None = None,
+                       tracking: TrackingInfo | None = None, report: Reporter | None = None,
+                       extra: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], Path]:
+    """Run one unit and write its result file; returns (record, path). Never raises for a unit failure."""
+    store = ResultStore(cfg.run.output_dir)
+    mlflow_run = UnitRun(tracking, unit)
+    history: list[dict[str, Any]] = []
+
+    def on_epoch(row: Mapping[str, Any]) -> None:
+        row = dict(row)
+        history.append(row)
+        mlflow_run.log_epoch(row)
+        if report is not None:
+            report({k: v for k, v in row.items() if isinstance(v, (int, float, str))} | {"unit": unit.name})
+
+    started, start = _now(), time.perf_counter()
+    status, error, output, trace = "done", None, {}, None
+    try:
+        output = dict((executor or default_executor())(unit, cfg, on_epoch=on_epoch))
+        bad = _non_finite(output.get("metrics") or {})
+        if bad:
+            status, error = "failed", f"non-finite metric(s): {', '.join(bad)}"
+    except Exception as exc:  # noqa: BLE001 - failure isolation: record it, let the other units go on
+        status, error, trace = "failed", error_line(exc), traceback.format_exc(limit=20)
+    seconds = time.perf_counter() - start
+    record: dict[str, Any] = {
+        "format": RESULT_FORMAT, "status": status, "error": error, "unit": unit.unit_dict(),
+        "config_hash": unit.config_hash, "config": dict(unit.config),
+        "metrics": dict(output.get("metrics") or {}) if status == "done" else {},
+        "history": list(output.get("history") or history),
+        "timing": {"started": started, "finished": _now(), "seconds": round(seconds, 3)},
+        "environment": _environment(cfg), "faithfulness": dict(output.get("faithfulness") or {}),
+        "extra": {**dict(output.get("extra") or {}), **dict(extra or {})},
+    }
+    if trace:
+        record["extra"]["traceback"] = trace
+    path = store.write(record)
+    mlflow_run.finish(record, path)
+    if report is not None:
+        report({"status": status, "unit": unit.name, "seconds": seconds,
+                **{k: v for k, v in record["metrics"].items() if isinstance(v, (int, float))}})
+    return record, path
+
+
+def unit_trainable(config: dict[str, Any], *, units: Mapping[str, Any], cfg: Any,
+                   tracking: TrackingInfo | None, executor: Executor | None) -> None:
+    """Ray Tune function trainable: ``config["unit"]`` names the unit; heavy objects come via with_parameters."""
+    from ray import tune
+
+    context = tune.get_context()
+    execute_and_record(units[config["unit"]], cfg, executor=executor, tracking=tracking, report=tune.report,
+                       extra={"trial": {"id": context.get_trial_id(), "name": context.get_trial_name()}})

@@ -1,0 +1,170 @@
+"""Units of work: a protocol expanded into (method x dataset x shots x seed) with the run's overrides.
+
+A transfer protocol (cross-dataset, domain generalisation) trains one source model per (method, source, shots,
+seed): its unit carries every target and is never split per target. Both transfer protocols use the
+``cross_dataset`` recipe so that execution can share the source model between them.
+
+A unit's ``config`` holds exactly the settings that change its numbers; ``config_hash`` names its result file, so
+rerunning a command finds finished units and a changed setting gives a new file instead of overwriting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dplbench.errors import ConfigError
+from dplbench.results import config_hash as _config_hash
+
+# Dotted config keys that never change a unit's numbers: left out of the config hash and of the overrides.
+HASH_EXCLUDE = frozenset({"run.output_dir", "run.force", "run.device", "data.root", "data.num_workers",
+                          "backbone.cache_dir"})
+HASHED_SECTIONS = ("backbone", "data", "train", "run")
+
+
+@dataclass(frozen=True)
+class Unit:
+    protocol: str
+    kind: str
+    recipe: str
+    method: str
+    dataset: str                      # the training dataset (the source of a transfer protocol)
+    seed: int
+    shots: int | None
+    targets: tuple[str, ...] = ()     # transfer protocols: evaluated after training on ``dataset``
+    options: Mapping[str, Any] = field(default_factory=dict)    # method option overrides (method.* and sweeps)
+    overrides: Mapping[str, Any] = field(default_factory=dict)  # result-relevant overrides, for display
+    config: Mapping[str, Any] = field(default_factory=dict)     # everything that determines the result
+
+    def __hash__(self) -> int:
+        return hash(self.config_hash)
+
+    @property
+    def config_hash(self) -> str:
+        return _config_hash(self.config)
+
+    @property
+    def name(self) -> str:
+        """Short, path-safe, deterministic name (trial directories, MLflow run names)."""
+        shots = "full" if self.shots is None else f"k{self.shots}"
+        return f"{self.method}-{self.dataset}-{shots}-s{self.seed}-{self.config_hash[:8]}"
+
+    def unit_dict(self) -> dict[str, Any]:
+        """The ``unit`` block of the result file."""
+        return {"protocol": self.protocol, "method": self.method, "dataset": self.dataset, "seed": self.seed,
+                "shots": self.shots, "overrides": dict(self.overrides)}
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists stay values)."""
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, sub in value.items():
+            out.update(flatten(sub, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: value}
+
+
+def _container(node: Any) -> Any:
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(node, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(node, resolve=True)
+    return node
+
+
+def _hashed_settings(cfg: Any) -> dict[str, dict[str, Any]]:
+    """The result-relevant part of the backbone / data / train / run sections."""
+    sections: dict[str, dict[str, Any]] = {}
+    for section in HASHED_SECTIONS:
+        values = _container(cfg.get(section)) or {}
+        kept = {k: v for k, v in values.items() if f"{section}.{k}" not in HASH_EXCLUDE}
+        if kept:
+            sections[section] = kept
+    return sections
+
+
+def _default_settings() -> dict[str, dict[str, Any]]:
+    from omegaconf import OmegaConf
+
+    from dplbench.config import Config
+
+    return _hashed_settings(OmegaConf.structured(Config))
+
+
+def _method_option_names(method: str) -> set[str] | None:
+    """Top-level option names of a method (None when it declares no Options dataclass)."""
+    import dataclasses
+
+    from dplbench.catalog import METHODS
+
+    options_cls = getattr(METHODS.get(method), "Options", None)
+    if options_cls is None or not dataclasses.is_dataclass(options_cls):
+        return None
+    return {f.name for f in dataclasses.fields(options_cls)}
+
+
+def _options_for(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``method.*`` overrides that this method accepts (the others belong to other selected methods)."""
+    if not options:
+        return {}
+    names = _method_option_names(method)
+    return dict(options) if names is None else {k: v for k, v in options.items() if k in names}
+
+
+def _datasets(cfg: Any, protocol: Any) -> tuple[list[str], list[str]]:
+    """(training datasets, targets) of the run."""
+    from dplbench.catalog import DATASETS
+
+    suite = protocol.suite(cfg.get("suite") or "toy")
+    datasets = list(_container(cfg.get("datasets")) or [])
+    if protocol.is_transfer:
+        source = cfg.get("source")
+        sources = datasets or ([source] if source else [suite["source"]])
+        targets = list(_container(cfg.get("targets")) or []) or list(suite["targets"])
+    else:
+        sources, targets = datasets or list(suite["datasets"]), []
+    sources = [DATASETS.canonical(d) for d in sources]
+    targets = [DATASETS.canonical(d) for d in targets]
+    if not sources:
+        raise ConfigError(f"protocol {protocol.name!r}: no datasets selected")
+    return list(dict.fromkeys(sources)), list(dict.fromkeys(targets))
+
+
+def expand_units(cfg: Any, *, extra_overrides: Mapping[str, Any] | None = None) -> list[Unit]:
+    """All units of a resolved config, in a stable order (method, dataset, shots, seed), duplicates removed.
+
+    ``extra_overrides`` (e.g. the values of one sweep trial, already applied to ``cfg``) are added to every unit's
+    displayed overrides.
+    """
+    from dplbench.catalog import METHODS, PROTOCOLS
+
+    protocol = PROTOCOLS.get(PROTOCOLS.canonical(cfg.protocol))
+    requested = list(_container(cfg.get("methods")) or [])
+    methods = [METHODS.canonical(m) for m in requested] if requested else protocol.registered_methods()
+    if not methods:
+        raise ConfigError(f"protocol {protocol.name!r}: no methods selected (`dplbench ls methods` lists them)")
+    datasets, targets = _datasets(cfg, protocol)
+    seeds = [int(s) for s in (_container(cfg.get("seeds")) or protocol.seeds)]
+    shots = [None if k is None else int(k) for k in (_container(cfg.get("shots")) or protocol.shots)]
+    options = _container(cfg.get("method")) or {}
+    settings = _hashed_settings(cfg)
+    defaults = _default_settings()
+    changed = {key: value for key, value in flatten(settings).items() if flatten(defaults).get(key) != value}
+    units: dict[str, Unit] = {}
+    for method in dict.fromkeys(methods):
+        method_options = _options_for(method, options)
+        overrides = {**changed, **{f"method.{k}": v for k, v in flatten(method_options).items()},
+                     **dict(extra_overrides or {})}
+        for dataset in datasets:
+            for k in shots:
+                for seed in seeds:
+                    config = {"protocol": protocol.name, "kind": protocol.kind, "recipe": protocol.recipe,
+                              "method": method, "dataset": dataset, "targets": targets, "seed": seed, "shots": k,
+                              "options": method_options, "protocol_params": dict(protocol.params), **settings}
+                    unit = Unit(protocol=protocol.name, kind=protocol.kind, recipe=protocol.recipe, method=method,
+                                dataset=dataset, seed=seed, shots=k, targets=tuple(targets),
+                                options=method_options, overrides=dict(sorted(overrides.items())), config=config)
+                    units.setdefault(unit.config_hash, unit)
+    return list(units.values())
