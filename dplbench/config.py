@@ -42,6 +42,8 @@ class TrainConfig:
     batch_size: Optional[int] = None
     eval_batch_size: int = 100
     deterministic: bool = False
+    split_seed: Optional[int] = None      # which few-shot subset (null = the run seed)
+    train_seed: Optional[int] = None      # training randomness (null = the run seed)
 
 
 @dataclass

@@ -1,0 +1,56 @@
+"""Gaussian-weighted prompt aggregation (PromptSRC, methods.md §4.7).
+
+Epoch e (1-based) gets weight g_e ∝ N(e; μ, σ²), normalised over e = 1..E. After each epoch the prompt tensors
+are added to a running sum with that weight; after the last epoch the sum replaces the prompts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+
+def gpa_weights(num_epochs: int, mean: float, std: float) -> list[float]:
+    """Normalised weights for epochs 1..num_epochs (float64 arithmetic).
+
+    When every density underflows to 0 (μ far outside 1..E with a tiny σ) the closest epoch gets weight 1.
+    """
+    if num_epochs < 1 or std <= 0:
+        raise ValueError(f"GPA needs num_epochs >= 1 and std > 0 (got {num_epochs}, {std})")
+    dens = [math.exp(-((e - mean) ** 2) / (2.0 * std * std)) / (std * math.sqrt(2 * math.pi))
+            for e in range(1, num_epochs + 1)]
+    total = sum(dens)
+    if total == 0.0:
+        best = min(range(num_epochs), key=lambda i: abs(i + 1 - mean))
+        return [1.0 if i == best else 0.0 for i in range(num_epochs)]
+    return [d / total for d in dens]
+
+
+class GaussianPromptAggregator:
+    """Running weighted sum of named tensors (torch tensors; kept in float32, cast back on read)."""
+
+    def __init__(self, num_epochs: int, mean: float, std: float):
+        self.weights = gpa_weights(num_epochs, mean, std)
+        self.mean, self.std = mean, std
+        self.sum: dict[str, Any] = {}
+        self.epochs_added = 0
+
+    def add(self, epoch: int, tensors: Mapping[str, Any]) -> None:
+        """Accumulate the tensors of finished epoch ``epoch`` (1-based)."""
+        w = self.weights[epoch - 1]
+        for name, t in tensors.items():
+            contrib = t.detach().float() * w
+            self.sum[name] = contrib if name not in self.sum else self.sum[name] + contrib
+        self.epochs_added = epoch
+
+    def result(self, like: Mapping[str, Any]) -> dict[str, Any]:
+        """The aggregate, cast to the dtype/device of the tensors in ``like``."""
+        return {name: self.sum[name].to(dtype=t.dtype, device=t.device) for name, t in like.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epochs_added": self.epochs_added, "sum": dict(self.sum)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.epochs_added = int(state["epochs_added"])
+        self.sum = dict(state["sum"])

@@ -1,0 +1,205 @@
+"""Training and evaluation loops (methods.md §3).
+
+- SGD (momentum 0.9, weight decay 5e-4) over the method's trainable parameters only; the LR of epoch k is
+  :func:`~dplbench.engine.schedule.lr_at_epoch` (constant warm-up, cosine, stepped per epoch).
+- Every epoch reseeds python/numpy/torch and the loader from (train seed, epoch), so a run resumed from a
+  checkpoint continues exactly as an uninterrupted one would.
+- Precision comes from the backbone: steps run inside ``backbone.autocast()``; ``amp_fp16`` scales the loss with a
+  GradScaler; ``fp16_faithful`` updates fp16 prompts with plain SGD.
+- A non-finite loss raises :class:`NonFiniteLossError`. After the last epoch the final state is evaluated (no
+  selection on test data).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dplbench.engine.method import FROZEN_IMAGE_TOWER, TRAINABLE, PromptMethod, StepState
+from dplbench.engine.schedule import lr_at_epoch
+from dplbench.engine.seeding import derive_seed, seed_everything
+from dplbench.errors import DplbenchError
+
+CHECKPOINT_FORMAT = "dplbench-train-checkpoint/1"
+
+
+class NonFiniteLossError(DplbenchError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class TrainSettings:
+    epochs: int
+    lr: float
+    batch_size: int
+    seed: int = 1                    # train seed (initialisation, data order, augmentation)
+    num_workers: int = 0
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+
+
+def build_optimizer(params: Sequence[torch.nn.Parameter], settings: TrainSettings) -> torch.optim.SGD:
+    return torch.optim.SGD(list(params), lr=settings.lr, momentum=settings.momentum,
+                           weight_decay=settings.weight_decay, dampening=0, nesterov=False)
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pt")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fingerprint(method: PromptMethod, settings: TrainSettings, num_items: int) -> dict[str, Any]:
+    return {"method": method.name, "options": method.options_dict(), "settings": asdict(settings),
+            "classnames": list(method.classnames), "num_train": num_items}
+
+
+def _to_float(v: Any) -> float:
+    return float(v.detach().float()) if isinstance(v, torch.Tensor) else float(v)
+
+
+def train(method: PromptMethod, splits: Any, settings: TrainSettings, *, transform: Callable,
+          on_epoch: Callable[[dict], None] | None = None, checkpoint_path: str | os.PathLike | None = None
+          ) -> list[dict[str, Any]]:
+    """Train ``method`` on ``splits.train``; return the per-epoch history.
+
+    ``checkpoint_path``: written after every epoch (learned state + optimizer + epoch + history); when it exists
+    at the start and matches this run, training resumes after its last epoch.
+    """
+    from dplbench.data.loader import make_loader
+
+    if TRAINABLE not in method.capabilities or settings.epochs == 0:
+        return []
+    params = method.trainable_parameters()
+    if not params:
+        raise DplbenchError(f"method {method.name!r} has no trainable parameters")
+    method.context.num_epochs = settings.epochs
+    backbone = method.backbone
+    optimizer = build_optimizer(params, settings)
+    scaler = torch.amp.GradScaler(backbone.device.type) if backbone.needs_grad_scaler else None
+    items = splits.train
+    fingerprint = _fingerprint(method, settings, len(items))
+    history: list[dict[str, Any]] = []
+    start = 0
+    ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
+    if ckpt is not None and ckpt.is_file():
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        if state.get("format") == CHECKPOINT_FORMAT and state.get("fingerprint") == fingerprint:
+            method.load_resume_state(state["method"])
+            optimizer.load_state_dict(state["optimizer"])
+            if scaler is not None and state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            history = list(state["history"])
+            start = int(state["epoch"])
+
+    for epoch in range(start, settings.epochs):
+        t0 = time.perf_counter()
+        lr = lr_at_epoch(epoch, settings.lr, settings.epochs)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        seed_everything(derive_seed(settings.seed, "epoch", epoch))
+        loader = make_loader(splits, items, transform, settings.batch_size, shuffle=True, drop_last=True,
+                             num_workers=settings.num_workers, seed=derive_seed(settings.seed, "loader", epoch))
+        method.train()
+        sums: dict[str, float] = {}
+        steps = 0
+        for step, (images, labels) in enumerate(loader):
+            images = images.to(backbone.device, non_blocking=True)
+            labels = labels.to(backbone.device, non_blocking=True)
+            with backbone.autocast():
+                terms = method.training_step(images, labels, StepState(epoch, settings.epochs, step, len(loader)))
+            loss = terms["loss"]
+            if not torch.isfinite(loss.detach()).all():
+                raise NonFiniteLossError(
+                    f"non-finite training loss ({_to_float(loss)}) for method {method.name!r} at epoch {epoch + 1} "
+                    f"step {step + 1} (lr {lr:g}, precision {backbone.precision}); try a lower train.lr or "
+                    "backbone.precision=fp32")
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + _to_float(value)
+            steps += 1
+        method.on_epoch_end(epoch + 1, settings.epochs)
+        record = {"epoch": epoch + 1, "lr": lr, **{k: v / max(steps, 1) for k, v in sums.items()},
+                  "steps": steps, "seconds": time.perf_counter() - t0}
+        history.append(record)
+        if ckpt is not None:
+            _atomic_torch_save({"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "epoch": epoch + 1,
+                                "method": method.resume_state(), "optimizer": optimizer.state_dict(),
+                                "scaler": scaler.state_dict() if scaler is not None else None,
+                                "history": history}, ckpt)
+        if on_epoch is not None:
+            on_epoch(dict(record))
+    method.eval()
+    return history
+
+
+@torch.no_grad()
+def predict(method: PromptMethod, splits: Any, items: Sequence[Any], *, transform: Callable,
+            transform_desc: Sequence[str], split: str = "test", batch_size: int = 100, num_workers: int = 0,
+            cache: Any = None, feature_batch: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predicted labels, true labels) for ``items``, gradient-free, with the final state.
+
+    Methods with a frozen image tower read the prompt-free test-image features from ``cache`` (computed once per
+    backbone / dataset / split / item list / transform) and classify them in large chunks.
+    """
+    from dplbench.data.loader import make_loader
+    from dplbench.engine.cache import frozen_image_features
+
+    method.eval()
+    backbone = method.backbone
+    labels = torch.tensor([d.label for d in items], dtype=torch.long)
+    if FROZEN_IMAGE_TOWER in method.capabilities:
+        feats = frozen_image_features(backbone, splits, items, transform, transform_desc, split=split, cache=cache,
+                                      batch_size=max(batch_size, 256), num_workers=num_workers)
+        with backbone.autocast():
+            preds = torch.cat([method.logits_from_image_features(feats[i:i + feature_batch].to(backbone.device))
+                               .argmax(dim=-1).cpu() for i in range(0, feats.shape[0], feature_batch)])
+        return preds, labels
+    loader = make_loader(splits, items, transform, batch_size, shuffle=False, num_workers=num_workers)
+    out = []
+    with backbone.autocast():
+        for images, _ in loader:
+            out.append(method.logits(images.to(backbone.device)).argmax(dim=-1).cpu())
+    return (torch.cat(out) if out else torch.empty(0, dtype=torch.long)), labels
+
+
+def accuracy(preds: torch.Tensor, labels: torch.Tensor) -> float:
+    """Micro top-1 accuracy in percent."""
+    if labels.numel() == 0:
+        return math.nan
+    return 100.0 * float((preds == labels).sum()) / labels.numel()
+
+
+def macro_f1(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
+    """Macro-averaged F1 in percent over classes present in ``labels`` (for information)."""
+    scores = []
+    for c in range(num_classes):
+        tp = int(((preds == c) & (labels == c)).sum())
+        support = int((labels == c).sum())
+        if support == 0:
+            continue
+        predicted = int((preds == c).sum())
+        scores.append(0.0 if tp == 0 else 2 * tp / (support + predicted))
+    return 100.0 * sum(scores) / len(scores) if scores else math.nan
+

@@ -1,0 +1,367 @@
+"""Run one unit end to end: build the backbone and the method, prepare the data of the unit's kind, train with
+the method's recipe, evaluate the final state, and return metrics + history + faithfulness flags.
+
+Kinds (protocols.md §5): ``base2novel`` and ``long_tail_b2n`` (train on base classes, evaluate base then novel),
+``transfer`` (train on the source once per source key, evaluate on the source and every target), ``few_shot``
+(all classes, K shots) and ``long_tail_lift`` (full long-tailed train split, many/medium/few buckets).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+KINDS = ("base2novel", "transfer", "few_shot", "long_tail_lift", "long_tail_b2n")
+SOURCE_FORMAT = "dplbench-source-model/1"
+BACKBONE_INIT_SEED = 0
+DEFAULT_IMBALANCE = {"ratio": 10, "rounding": "ceil", "cap": None}
+
+
+def _plain(cfg: Any) -> dict[str, Any]:
+    """The resolved config as nested plain dicts (accepts an OmegaConf DictConfig or a mapping)."""
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig):
+            return OmegaConf.to_container(cfg, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    return {k: (_plain(v) if isinstance(v, Mapping) else v) for k, v in dict(cfg or {}).items()}
+
+
+def _section(cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
+    return dict(cfg.get(name) or {})
+
+
+def hm(base: float, novel: float) -> float:
+    """Harmonic mean of base and novel accuracy (0 when both are 0)."""
+    return 0.0 if base + novel == 0 else 2 * base * novel / (base + novel)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Exclusive lock so that two units sharing a source model train it once (POSIX; no-op elsewhere)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX
+        yield
+        return
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _peak_memory(device: Any) -> dict[str, float | None]:
+    import torch
+
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    cuda = None
+    if device.type == "cuda":
+        cuda = torch.cuda.max_memory_allocated(device) / 2**20
+    return {"peak_rss_mb": rss_kb / 1024, "peak_cuda_mb": cuda}
+
+
+class _UnitRun:
+    """State shared by the steps of one unit (kept small: each kind is one method below)."""
+
+    def __init__(self, unit: Any, cfg: Any, on_epoch: Callable[[dict], None] | None,
+                 checkpoint_path: str | os.PathLike | None):
+        import torch
+
+        from dplbench.backbone import create_backbone
+        from dplbench.backbone.precision import resolve_device
+        from dplbench.catalog import METHODS
+        from dplbench.data.transforms import build_transform, describe_transform
+        from dplbench.engine.cache import feature_cache
+        from dplbench.engine.recipes import resolve_recipe
+        from dplbench.engine.seeding import seed_everything, set_deterministic
+        from dplbench.errors import ConfigError
+
+        if unit.kind not in KINDS:
+            raise ConfigError(f"unknown unit kind {unit.kind!r}; valid kinds: {', '.join(KINDS)}")
+        self.unit = unit
+        self.cfg = _plain(cfg)
+        self.on_epoch = on_epoch
+        train_cfg, run_cfg = _section(self.cfg, "train"), _section(self.cfg, "run")
+        data_cfg = _section(self.cfg, "data")
+        self.output_dir = Path(run_cfg.get("output_dir") or "results").expanduser().absolute()
+        self.cache_dir = self.output_dir / "cache"
+        self.data_root = data_cfg.get("root")
+        self.num_workers = int(data_cfg.get("num_workers") or 0)
+        self.eval_batch_size = int(train_cfg.get("eval_batch_size") or 100)
+        self.deterministic = bool(train_cfg.get("deterministic", False))
+        self.split_seed = int(train_cfg.get("split_seed") if train_cfg.get("split_seed") is not None else unit.seed)
+        self.train_seed = int(train_cfg.get("train_seed") if train_cfg.get("train_seed") is not None else unit.seed)
+        self.explicit_checkpoint = Path(checkpoint_path) if checkpoint_path is not None else None
+
+        set_deterministic(self.deterministic)
+        self.device = resolve_device(run_cfg.get("device") or "auto")
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        backbone_cfg = _section(self.cfg, "backbone")
+        seed_everything(BACKBONE_INIT_SEED)  # a randomly initialised backbone is the same in every unit
+        self.backbone = create_backbone(SimpleNamespace(**{k: backbone_cfg.get(k) for k in
+                                                            ("name", "pretrained", "checkpoint", "precision",
+                                                             "cache_dir")}), self.device)
+        self.method_cls = METHODS.get(unit.method)
+        recipe = self.method_cls.recipe(unit.recipe, unit.dataset, unit.shots)
+        self.recipe = resolve_recipe(recipe, self.method_cls.Options, epochs=train_cfg.get("epochs"),
+                                     lr=train_cfg.get("lr"), batch_size=train_cfg.get("batch_size"),
+                                     options=_plain(unit.options or {}), method=unit.method)
+        bb = self.backbone
+        self.train_transform = build_transform(True, bb.image_size, bb.mean, bb.std)
+        self.test_transform = build_transform(False, bb.image_size, bb.mean, bb.std)
+        self.transforms = {"train": describe_transform(True, bb.image_size, bb.mean, bb.std),
+                           "test": describe_transform(False, bb.image_size, bb.mean, bb.std)}
+        self.features = feature_cache(self.cache_dir)
+        self._cache_counts = (self.features.hits, self.features.misses)
+        self.history: list[dict[str, Any]] = []
+        self.train_seconds = 0.0
+        self.eval_seconds = 0.0
+        self.extra: dict[str, Any] = {}
+        self.data_notes: dict[str, Any] = {}
+        self.method = None
+        self.method_faithfulness: dict[str, Any] = {}
+
+    # -- data ---------------------------------------------------------------------------------------------
+    def load(self, name: str):
+        from dplbench.data import load_dataset
+
+        return load_dataset(name, self.data_root)
+
+    def fewshot(self, splits: Any, shots: int | None):
+        from dplbench.data.fewshot import sample_fewshot
+
+        if shots is None:
+            return splits
+        return sample_fewshot(splits, int(shots), self.split_seed, cache_dir=self.cache_dir)
+
+    def protocol_params(self) -> dict[str, Any]:
+        config = getattr(self.unit, "config", None) or {}
+        params = config.get("protocol_params")
+        if params is None:
+            from dplbench.catalog import PROTOCOLS
+
+            try:
+                params = PROTOCOLS.get(PROTOCOLS.canonical(self.unit.protocol)).params
+            except Exception:  # an ad-hoc unit (tests, API use) without a registered protocol
+                params = {}
+        return _plain(params or {})
+
+    # -- method -------------------------------------------------------------------------------------------
+    def build_method(self, classnames: list[str], dataset: str):
+        from dplbench.engine.method import MethodContext
+        from dplbench.engine.seeding import seed_everything
+
+        seed_everything(self.train_seed)  # prompt initialisation
+        context = MethodContext(recipe=self.unit.recipe, num_epochs=self.recipe.epochs, cache_dir=self.cache_dir,
+                                shots=self.unit.shots)
+        method = self.method_cls(self.backbone, list(classnames), dataset, self.recipe.options, context)
+        self.method = method
+        self.extra["num_trainable_params"] = method.num_trainable()
+        return method
+
+    def key_parts(self, dataset: str, classes: str, data: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Everything that determines a trained state (shared source key / resume key); ``data`` adds
+        kind-specific data settings (e.g. the imbalance)."""
+        from dplbench.engine.cache import backbone_identity
+
+        r = self.recipe
+        return {"method": self.unit.method, "options": r.as_dict()["options"], "recipe": self.unit.recipe,
+                "dataset": dataset, "classes": classes, "split_seed": self.split_seed, "train_seed": self.train_seed,
+                "shots": self.unit.shots, "backbone": backbone_identity(self.backbone),
+                "train": {"epochs": r.epochs, "lr": r.lr, "batch_size": r.batch_size,
+                          "deterministic": self.deterministic}, **({"data": dict(data)} if data else {})}
+
+    def train(self, method: Any, splits: Any, key: Mapping[str, Any]) -> None:
+        from dplbench.engine.cache import cache_key
+        from dplbench.engine.trainer import TrainSettings, train
+
+        resume = self.explicit_checkpoint or (self.output_dir / "checkpoints" / "resume" / f"{cache_key(key)[:16]}.pt")
+        settings = TrainSettings(epochs=self.recipe.epochs, lr=self.recipe.lr, batch_size=self.recipe.batch_size,
+                                 seed=self.train_seed, num_workers=self.num_workers)
+        t0 = time.perf_counter()
+        self.history = train(method, splits, settings, transform=self.train_transform, on_epoch=self.on_epoch,
+                             checkpoint_path=resume if self.recipe.epochs > 0 and method.num_trainable() else None)
+        self.train_seconds += time.perf_counter() - t0
+        self.extra["num_train_images"] = len(splits.train)
+        self.method_faithfulness = method.faithfulness()
+        self._resume_file = resume
+
+    def finish(self) -> None:
+        resume = getattr(self, "_resume_file", None)
+        if resume is not None and self.explicit_checkpoint is None:
+            resume.unlink(missing_ok=True)
+
+    def evaluate(self, splits: Any, split: str = "test") -> tuple[Any, Any]:
+        from dplbench.engine.trainer import predict
+
+        t0 = time.perf_counter()
+        preds, labels = predict(self.method, splits, splits.split(split), transform=self.test_transform,
+                                transform_desc=self.transforms["test"], split=split,
+                                batch_size=self.eval_batch_size, num_workers=self.num_workers, cache=self.features)
+        self.eval_seconds += time.perf_counter() - t0
+        self.extra.setdefault("num_test_images", {})[splits.name + ("" if split == "test" else f":{split}") +
+                                                      (f":{splits.meta['subset']}" if "subset" in splits.meta
+                                                       else "")] = int(labels.numel())
+        return preds, labels
+
+    def accuracy(self, splits: Any) -> float:
+        from dplbench.engine.trainer import accuracy, macro_f1
+
+        preds, labels = self.evaluate(splits)
+        tag = splits.name + (f":{splits.meta['subset']}" if "subset" in splits.meta else "")
+        self.extra.setdefault("macro_f1", {})[tag] = macro_f1(preds, labels, splits.num_classes)
+        return accuracy(preds, labels)
+
+    # -- kinds --------------------------------------------------------------------------------------------
+    def run_b2n(self, long_tail: bool) -> dict[str, float]:
+        from dplbench.data.splits import subsample_classes
+
+        full = self.load(self.unit.dataset)
+        if long_tail:
+            params = {**DEFAULT_IMBALANCE, **(self.protocol_params().get("imbalance") or {})}
+            ratio = (params.get("ratio_by_dataset") or {}).get(self.unit.dataset, params["ratio"])
+            cap = params.get("cap")
+            pool = self.fewshot(full, self.unit.shots if self.unit.shots is not None else cap)
+            base = self._imbalanced(subsample_classes(pool, "base"), ratio, params["rounding"])
+            self.data_notes["imbalance"] = {"ratio": ratio, "rounding": params["rounding"], "cap": cap,
+                                            "seed": self.split_seed, "train_counts": base.train_counts()}
+        else:
+            pool = self.fewshot(full, self.unit.shots)
+            base = subsample_classes(pool, "base")
+        novel = subsample_classes(pool, "novel")
+        method = self.build_method(base.classnames, base.name)
+        self.train(method, base, self.key_parts(base.name, "base", {"kind": self.unit.kind, **self.data_notes}))
+        base_acc = self.accuracy(base)
+        method.set_classnames(novel.classnames, novel.name)
+        novel_acc = self.accuracy(novel)
+        return {"base": base_acc, "novel": novel_acc, "hm": hm(base_acc, novel_acc)}
+
+    def _imbalanced(self, splits: Any, ratio: float, rounding: str):
+        from dplbench.data.longtail import imbalance
+
+        return imbalance(splits, ratio, self.split_seed, rounding=rounding, cache_dir=self.cache_dir)
+
+    def run_few_shot(self) -> dict[str, float]:
+        splits = self.fewshot(self.load(self.unit.dataset), self.unit.shots)
+        method = self.build_method(splits.classnames, splits.name)
+        self.train(method, splits, self.key_parts(splits.name, "all", {"kind": self.unit.kind}))
+        return {"acc": self.accuracy(splits)}
+
+    def run_lift(self) -> dict[str, float | None]:
+        from dplbench.data.longtail import bucket_accuracies
+
+        splits = self.fewshot(self.load(self.unit.dataset), self.unit.shots)
+        method = self.build_method(splits.classnames, splits.name)
+        self.train(method, splits, self.key_parts(splits.name, "all", {"kind": self.unit.kind}))
+        preds, labels = self.evaluate(splits)
+        return bucket_accuracies(preds.tolist(), labels.tolist(), splits.train_counts())
+
+    def run_transfer(self) -> dict[str, float]:
+        from dplbench.engine.cache import cache_key
+        from dplbench.engine.trainer import _atomic_torch_save
+
+        source = self.fewshot(self.load(self.unit.dataset), self.unit.shots)
+        method = self.build_method(source.classnames, source.name)
+        key = self.key_parts(source.name, "all")
+        source_key = cache_key(key)[:16]
+        path = self.output_dir / "checkpoints" / f"{source_key}.pt"
+        self.extra["source_key"] = source_key
+        if method.num_trainable() and self.recipe.epochs > 0:
+            with _file_lock(path.with_suffix(".lock")):
+                state = self._read_source(path, key) if path.is_file() else None
+                if state is None:
+                    self.train(method, source, key)
+                    _atomic_torch_save({"format": SOURCE_FORMAT, "key": key, "learned": method.learned_state(),
+                                        "history": self.history, "train_seconds": self.train_seconds,
+                                        "faithfulness": self.method_faithfulness}, path)
+                    self.extra["source_model"] = {"path": str(path), "shared": False}
+                else:
+                    method.load_learned_state(state["learned"])
+                    self.history = list(state["history"])
+                    self.method_faithfulness = dict(state.get("faithfulness") or method.faithfulness())
+                    self.extra["source_model"] = {"path": str(path), "shared": True,
+                                                  "source_train_seconds": float(state.get("train_seconds", 0.0))}
+        else:
+            self.method_faithfulness = method.faithfulness()
+        metrics = {f"acc/{source.name}": self.accuracy(source)}
+        for target in self.unit.targets or ():
+            if target == source.name:
+                continue
+            splits = self.load(target)
+            method.set_classnames(splits.classnames, splits.name)
+            metrics[f"acc/{target}"] = self.accuracy(splits)
+        return metrics
+
+    @staticmethod
+    def _read_source(path: Path, key: Mapping[str, Any]) -> dict[str, Any] | None:
+        import torch
+
+        from dplbench.engine.cache import canonical_json
+
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # truncated or corrupt: retrain and overwrite
+            return None
+        if state.get("format") != SOURCE_FORMAT or canonical_json(state.get("key")) != canonical_json(key):
+            return None
+        return state
+
+    # -- result -------------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        from dplbench.engine.schedule import describe_schedule
+
+        kind = self.unit.kind
+        if kind in ("base2novel", "long_tail_b2n"):
+            metrics = self.run_b2n(long_tail=kind == "long_tail_b2n")
+        elif kind == "few_shot":
+            metrics = self.run_few_shot()
+        elif kind == "long_tail_lift":
+            metrics = self.run_lift()
+        else:
+            metrics = self.run_transfer()
+        self.finish()
+        r = self.recipe
+        faithfulness = {
+            "precision": self.backbone.precision,
+            "backbone": {**self.backbone.info(), **({"init_seed": BACKBONE_INIT_SEED}
+                                                    if not self.backbone.weights_file else {})},
+            "transforms": self.transforms,
+            "schedule": describe_schedule(r.lr, r.epochs) if r.epochs else None,
+            "recipe": {"family": self.unit.recipe, "source": r.source, "epochs": r.epochs, "lr": r.lr,
+                       "batch_size": r.batch_size},
+            "options": r.as_dict()["options"],
+            "method": self.method_faithfulness,
+            "seeds": {"split_seed": self.split_seed, "train_seed": self.train_seed},
+            "deterministic": self.deterministic,
+            "evaluation": "final state (last epoch), no selection on test data",
+            **({"data": self.data_notes} if self.data_notes else {}),
+        }
+        extra = {**self.extra, "train_seconds": self.train_seconds, "eval_seconds": self.eval_seconds,
+                 **_peak_memory(self.device),
+                 "feature_cache": {"hits": self.features.hits - self._cache_counts[0],
+                                   "misses": self.features.misses - self._cache_counts[1]}}
+        return {"metrics": metrics, "history": self.history, "faithfulness": faithfulness, "extra": extra}
+
+
+def execute_unit(unit: Any, cfg: Any, on_epoch: Callable[[dict], None] | None = None, *,
+                 checkpoint_path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Run one unit (see the module docstring) and return ``{"metrics", "history", "faithfulness", "extra"}``.
+
+    ``on_epoch`` receives ``{"epoch", "lr", "loss", "loss/<term>", ..., "seconds"}`` after every epoch.
+    ``checkpoint_path``: where the mid-training checkpoint lives (default
+    ``<output_dir>/checkpoints/resume/<key>.pt``, removed when the unit finishes); an existing one is resumed.
+    Raises on failure (the caller records the unit as failed).
+    """
+    return _UnitRun(unit, cfg, on_epoch, checkpoint_path).run()
