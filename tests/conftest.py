@@ -45,3 +45,17 @@ def output_dir(tmp_path, mlflow_db_template) -> Path:
     out.mkdir()
     shutil.copy(mlflow_db_template, out / "mlflow.db")
     return out
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny models run fastest on one thread; several threads on a 2-core CI box mostly contend."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
