@@ -33,6 +33,7 @@ class BackboneConfig:
 class DataConfig:
     root: Optional[str] = None            # null -> $DPLBENCH_DATA -> ~/data
     num_workers: int = 0
+    crop_scale: Optional[list[float]] = None  # training RandomResizedCrop scale; null = the dataset's default
 
 
 @dataclass

@@ -80,7 +80,7 @@ class _UnitRun:
 
         from dplbench.backbone import create_backbone
         from dplbench.backbone.precision import resolve_device
-        from dplbench.catalog import METHODS
+        from dplbench.catalog import DATASETS, METHODS
         from dplbench.data.transforms import build_transform, describe_transform
         from dplbench.engine.cache import feature_cache
         from dplbench.engine.recipes import resolve_recipe
@@ -119,9 +119,10 @@ class _UnitRun:
                                      lr=train_cfg.get("lr"), batch_size=train_cfg.get("batch_size"),
                                      options=_plain(unit.options or {}), method=unit.method)
         bb = self.backbone
-        self.train_transform = build_transform(True, bb.image_size, bb.mean, bb.std)
+        crop_scale = tuple(data_cfg.get("crop_scale") or DATASETS.get(unit.dataset).crop_scale)
+        self.train_transform = build_transform(True, bb.image_size, bb.mean, bb.std, crop_scale=crop_scale)
         self.test_transform = build_transform(False, bb.image_size, bb.mean, bb.std)
-        self.transforms = {"train": describe_transform(True, bb.image_size, bb.mean, bb.std),
+        self.transforms = {"train": describe_transform(True, bb.image_size, bb.mean, bb.std, crop_scale=crop_scale),
                            "test": describe_transform(False, bb.image_size, bb.mean, bb.std)}
         self.features = feature_cache(self.cache_dir)
         self._cache_counts = (self.features.hits, self.features.misses)

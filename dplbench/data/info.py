@@ -18,6 +18,7 @@ class DatasetInfo:
     test_only: bool = False        # ImageNet variants: test split only
     required: tuple[str, ...] = field(default_factory=tuple)  # paths (relative to root/folder) that must exist
     layout: str = ""               # one-line description of the expected on-disk layout, for error messages
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop scale of the training transform
     image_dir: str = ""            # image folder relative to the dataset folder (standard datasets)
     split_file: str = ""           # split file (or split-file prefix) relative to the dataset folder
 

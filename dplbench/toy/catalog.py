@@ -23,6 +23,9 @@ _TOY_DATASETS: tuple[tuple[str, int, str, str], ...] = (
      "toy: toy_colored_shapes with a long-tailed train split (300 down to 3 images per class)"),
 )
 
+# At 32 px the standard scale (0.08, 1) crops the object out most of the time; a milder crop keeps it.
+TOY_CROP_SCALE = (0.5, 1.0)
+
 TOY_DATASET_NAMES: tuple[str, ...] = tuple(name for name, *_ in _TOY_DATASETS)
 
 for _name, _classes, _template, _text in _TOY_DATASETS:
@@ -31,6 +34,7 @@ for _name, _classes, _template, _text in _TOY_DATASETS:
             name=_name, description=_text, folder="", num_classes=_classes, template=_template, kind="toy",
             loader=f"dplbench.toy.datasets:load_{_name.removeprefix('toy_')}",
             layout="rendered on first use and cached under $DPLBENCH_CACHE/toy (no download)",
+            crop_scale=TOY_CROP_SCALE,
         ), description=_text)
 
 if "toy" not in BACKBONES:
