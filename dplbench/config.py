@@ -41,6 +41,7 @@ class TrainConfig:
     epochs: Optional[int] = None          # null = the method's recipe for the protocol
     lr: Optional[float] = None
     batch_size: Optional[int] = None
+    epoch_scale: Optional[float] = None   # multiply the recipe's epochs (null = the suite's, e.g. toy 0.25)
     eval_batch_size: int = 100
     deterministic: bool = False
     split_seed: Optional[int] = None      # which few-shot subset (null = the run seed)
@@ -198,6 +199,8 @@ def fill_protocol_defaults(cfg: DictConfig, explicit: set[str]) -> None:
     for key, value in defaults.items():
         if key not in explicit and not cfg[key]:
             cfg[key] = value
+    if "train.epoch_scale" not in explicit and cfg.train.epoch_scale is None:
+        cfg.train.epoch_scale = suite.get("epoch_scale")
 
 
 def validate_names(cfg: DictConfig, *, validate_methods: bool = True) -> None:

@@ -117,6 +117,7 @@ class _UnitRun:
         recipe = self.method_cls.recipe(unit.recipe, unit.dataset, unit.shots)
         self.recipe = resolve_recipe(recipe, self.method_cls.Options, epochs=train_cfg.get("epochs"),
                                      lr=train_cfg.get("lr"), batch_size=train_cfg.get("batch_size"),
+                                     epoch_scale=train_cfg.get("epoch_scale"),
                                      options=_plain(unit.options or {}), method=unit.method)
         bb = self.backbone
         crop_scale = tuple(data_cfg.get("crop_scale") or DATASETS.get(unit.dataset).crop_scale)

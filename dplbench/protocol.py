@@ -39,7 +39,7 @@ TRANSFER_KINDS = ("transfer",)
 RECIPES = ("base2novel", "cross_dataset", "few_shot", "long_tail")
 LAYOUTS = ("base2novel", "cross_dataset", "domain_generalization", "few_shot", "long_tail")
 MODES = ("max", "min")
-SUITE_KEYS = {"datasets", "source", "targets", "description"}
+SUITE_KEYS = {"datasets", "source", "targets", "description", "epoch_scale"}
 KEYS = ("name", "description", "kind", "recipe", "methods", "seeds", "shots", "suites", "metric", "table",
         "params", "aliases")
 REQUIRED = ("kind", "recipe", "methods", "seeds", "shots", "suites", "metric", "table")
@@ -124,6 +124,11 @@ def _suites(where: str, kind: str, value: Any) -> dict[str, dict[str, Any]]:
             suites[str(name)] = {"datasets": list(_str_list(at, "datasets", spec.get("datasets")))}
         if "description" in spec:
             suites[str(name)]["description"] = str(spec["description"])
+        if spec.get("epoch_scale") is not None:
+            scale = spec["epoch_scale"]
+            if not isinstance(scale, (int, float)) or isinstance(scale, bool) or scale <= 0:
+                raise ConfigError(f"{at}: 'epoch_scale' must be a positive number, got {scale!r}")
+            suites[str(name)]["epoch_scale"] = float(scale)
     return suites
 
 

@@ -151,7 +151,9 @@ def expand_units(cfg: Any, *, extra_overrides: Mapping[str, Any] | None = None) 
     options = _container(cfg.get("method")) or {}
     settings = _hashed_settings(cfg)
     defaults = _default_settings()
-    changed = {key: value for key, value in flatten(settings).items() if flatten(defaults).get(key) != value}
+    defaults = flatten(defaults)
+    defaults["train.epoch_scale"] = protocol.suite(str(cfg.get("suite") or "toy")).get("epoch_scale")
+    changed = {key: value for key, value in flatten(settings).items() if defaults.get(key) != value}
     units: dict[str, Unit] = {}
     for method in dict.fromkeys(methods):
         method_options = _options_for(method, options)

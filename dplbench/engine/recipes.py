@@ -78,9 +78,14 @@ def build_options(options_cls: type, values: Mapping[str, Any], method: str = ""
 
 def resolve_recipe(recipe: Recipe, options_cls: type, *, epochs: int | None = None, lr: float | None = None,
                    batch_size: int | None = None, options: Mapping[str, Any] | None = None,
-                   method: str = "") -> ResolvedRecipe:
-    """Recipe defaults <- ``train.*`` overrides (None = keep) <- ``method.*`` option overrides."""
+                   method: str = "", epoch_scale: float | None = None) -> ResolvedRecipe:
+    """Recipe defaults <- ``train.*`` overrides (None = keep) <- ``method.*`` option overrides.
+
+    ``epoch_scale`` shortens (or lengthens) the recipe's epochs when ``epochs`` is not given: the built-in toy
+    suite uses it so the default run fits a laptop CPU while each method keeps its relative schedule."""
     opts = build_options(options_cls, {**recipe.options, **(options or {})}, method)
+    if epochs is None and epoch_scale is not None and recipe.epochs > 0:
+        epochs = max(1, round(recipe.epochs * float(epoch_scale)))
     values = {"epochs": recipe.epochs if epochs is None else int(epochs),
               "lr": recipe.lr if lr is None else float(lr),
               "batch_size": recipe.batch_size if batch_size is None else int(batch_size)}

@@ -30,6 +30,8 @@ def set_deterministic(enabled: bool) -> None:
 
     if enabled:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(enabled, warn_only=True)
+    if enabled or torch.are_deterministic_algorithms_enabled():
+        # the call imports torch's compiler stack (~3 s); skip it when there is nothing to switch
+        torch.use_deterministic_algorithms(enabled, warn_only=True)
     torch.backends.cudnn.deterministic = enabled
     torch.backends.cudnn.benchmark = not enabled
