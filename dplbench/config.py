@@ -178,8 +178,18 @@ def build_config(overrides: list[str] | None = None, config_file: str | Path | N
         _set(cfg, key, value)
     fill_protocol_defaults(cfg, explicit={k for k, _ in pairs})
     validate_names(cfg, validate_methods=validate_methods)
+    absolutize_paths(cfg)
     OmegaConf.set_readonly(cfg, False)
     return cfg
+
+
+def absolutize_paths(cfg: DictConfig) -> None:
+    """Make every path absolute now: Ray trials run in another working directory."""
+    for section, key in (("run", "output_dir"), ("data", "root"), ("backbone", "checkpoint"),
+                         ("backbone", "cache_dir")):
+        value = cfg[section][key]
+        if value:
+            cfg[section][key] = str(Path(value).expanduser().absolute())
 
 
 def fill_protocol_defaults(cfg: DictConfig, explicit: set[str]) -> None:

@@ -20,7 +20,13 @@ log = logging.getLogger(__name__)
 COLUMNS = ("protocol", "method", "dataset", "metric", "value", "source", "verified")
 VERIFIED_VALUES = ("yes", "no", "derived")
 DEFAULT_TOLERANCE = 0.01
-DEFAULT_PATH = Path(__file__).resolve().parents[2] / "results" / "reference" / "reference_numbers.csv"
+REFERENCE_RELPATH = Path("results") / "reference" / "reference_numbers.csv"
+# the checkout that holds this package (editable install), else the current folder (a clone after `pip install .`)
+DEFAULT_PATH = Path(__file__).resolve().parents[2] / REFERENCE_RELPATH
+
+
+def default_reference_path() -> Path:
+    return DEFAULT_PATH if DEFAULT_PATH.is_file() else Path.cwd() / REFERENCE_RELPATH
 
 # dplbench registry name -> name used in the papers (and in reference_numbers.csv).
 DATASET_NAMES = {
@@ -205,7 +211,7 @@ def load_reference(path: str | Path | None = None, *, check: bool = True,
     With ``check`` the rows are tested against the aggregation rules: a failing verified row raises
     ReferenceError; a failing unverified/derived row is logged.
     """
-    path = Path(path) if path is not None else DEFAULT_PATH
+    path = Path(path) if path is not None else default_reference_path()
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
