@@ -81,7 +81,7 @@ class _UnitRun:
         from dplbench.backbone import create_backbone
         from dplbench.backbone.precision import resolve_device
         from dplbench.catalog import DATASETS, METHODS
-        from dplbench.data.transforms import build_transform, describe_transform
+        from dplbench.data.transforms import DEFAULT_CROP_SCALE, build_transform, describe_transform
         from dplbench.engine.cache import feature_cache
         from dplbench.engine.recipes import resolve_recipe
         from dplbench.engine.seeding import seed_everything, set_deterministic
@@ -120,7 +120,8 @@ class _UnitRun:
                                      epoch_scale=train_cfg.get("epoch_scale"),
                                      options=_plain(unit.options or {}), method=unit.method)
         bb = self.backbone
-        crop_scale = tuple(data_cfg.get("crop_scale") or DATASETS.get(unit.dataset).crop_scale)
+        info = DATASETS.get(unit.dataset) if unit.dataset in DATASETS else None  # tests inject unregistered data
+        crop_scale = tuple(data_cfg.get("crop_scale") or (info.crop_scale if info else DEFAULT_CROP_SCALE))
         self.train_transform = build_transform(True, bb.image_size, bb.mean, bb.std, crop_scale=crop_scale)
         self.test_transform = build_transform(False, bb.image_size, bb.mean, bb.std)
         self.transforms = {"train": describe_transform(True, bb.image_size, bb.mean, bb.std, crop_scale=crop_scale),
