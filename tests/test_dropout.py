@@ -282,32 +282,16 @@ from dplbench.errors import ConfigError  # noqa: E402
 from methods.drople import DroPLe, DropleOptions  # noqa: E402
 from methods.ivlp import IVLP, IVLPOptions  # noqa: E402
 
-TINY = "dplbench-dropout-test"
-TINY_CFG = {"embed_dim": 32, "quick_gelu": True,
-            "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
-            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}}
+from test_methods import tiny_config  # noqa: E402,F401  (the shared 2-layer tiny open_clip config)
 CLASSES = ["cat", "dog", "red fire truck"]
 STEP = StepState(epoch=1, num_epochs=4, step=0, steps_per_epoch=1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model's ops are far faster single-threaded on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Backbone:
-    import json
-
-    path = tmp_path_factory.mktemp("cfg") / f"{TINY}.json"
-    path.write_text(json.dumps(TINY_CFG))
-    open_clip.add_model_config(path)
+def tiny(tiny_config) -> Backbone:
     torch.manual_seed(0)
-    return Backbone.from_model(open_clip.create_model(TINY, pretrained=None), name=TINY, precision="fp32",
+    return Backbone.from_model(open_clip.create_model(tiny_config, pretrained=None), name=tiny_config,
+                               precision="fp32",
                                device="cpu")
 
 

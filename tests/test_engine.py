@@ -18,7 +18,7 @@ from dplbench.engine.seeding import derive_seed, seed_everything
 from dplbench.errors import ConfigError
 
 from test_methods import (  # noqa: F401  (fixtures)
-    SYNTH_NAMES, _one_thread, _synth_template, make_method, synth_splits, tiny_backbone, tiny_config)
+    SYNTH_NAMES, _synth_template, make_method, synth_splits, tiny_backbone, tiny_config)
 
 
 # -- schedule (methods.md §3.2) ------------------------------------------------------------------------------

@@ -53,15 +53,6 @@ def synth_splits(name: str = SYNTH, train_per_class: int = 4, test_per_class: in
                        items("test", test_per_class))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread avoids oversubscription (30x faster)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny_config(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("cfg") / f"{TINY}.json"

@@ -28,6 +28,7 @@ DEFAULT_PATH = Path(__file__).resolve().parents[2] / REFERENCE_RELPATH
 def default_reference_path() -> Path:
     return DEFAULT_PATH if DEFAULT_PATH.is_file() else Path.cwd() / REFERENCE_RELPATH
 
+
 # dplbench registry name -> name used in the papers (and in reference_numbers.csv).
 DATASET_NAMES = {
     "imagenet": "ImageNet",
@@ -42,7 +43,6 @@ DATASET_NAMES = {
     "eurosat": "EuroSAT",
     "ucf101": "UCF101",
     "imagenetv2": "ImageNetV2",
-    "imagenet_v2": "ImageNetV2",
     "imagenet_sketch": "ImageNet-Sketch",
     "imagenet_a": "ImageNet-A",
     "imagenet_r": "ImageNet-R",
@@ -60,23 +60,15 @@ METHOD_NAMES = {
     "drople": "DroPLe",
     "drople_llamp": "DroPLe-LLaMP",
 }
-# Registry name -> reference method whose published numbers it reproduces. The generic ``drople`` (IVLP backbone)
-# is deliberately absent: it is not the paper's method, and a difference against DroPLe's numbers means nothing.
-COMPARABLE_METHODS = {
-    "zsclip": "CLIP",
-    "coop": "CoOp",
-    "cocoop": "CoCoOp",
-    "kgcoop": "KgCoOp",
-    "maple": "MaPLe",
-    "ivlp": "IVLP",
-    "promptsrc": "PromptSRC",
-    "drople_llamp": "DroPLe",
-}
 NOT_COMPARABLE_NOTES = {
     "drople": ("the generic `drople` (Dropout Prompt on an IVLP backbone) is not the DroPLe paper's LLaMP-based "
                "model, so no published DroPLe row or difference is shown; compare it with IVLP and PromptSRC "
                "(use `drople_llamp` to reproduce the paper)"),
 }
+# Registry name -> reference method whose published numbers it reproduces. The generic ``drople`` (IVLP backbone)
+# is deliberately absent: it is not the paper's method, and a difference against DroPLe's numbers means nothing.
+COMPARABLE_METHODS = {name: "DroPLe" if name == "drople_llamp" else paper
+                      for name, paper in METHOD_NAMES.items() if name not in NOT_COMPARABLE_NOTES}
 # Every published base-to-novel, cross-dataset and domain-generalisation number is a 16-shot result.
 PUBLISHED_SHOTS = 16
 # Canonical order of methods in tables when the configuration does not give one.
