@@ -190,8 +190,12 @@ COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "table": cmd_table, "plot": cmd_
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    if argv[:1] == ["pretrain-toy"]:  # everything after it (--help included) belongs to the pretraining command
+        args = argparse.Namespace(command="pretrain-toy", args=argv[1:])
+    else:
+        args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except DplbenchError as exc:
