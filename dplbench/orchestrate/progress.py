@@ -15,7 +15,7 @@ HEARTBEAT_S = 15.0
 
 def metrics_text(values: dict[str, Any], limit: int = 4) -> str:
     shown = [(k, v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    return " ".join(f"{k}={v:.2f}" for k, v in shown[:limit])
+    return " ".join(f"{k}={v:.3g}" if k == "lr" else f"{k}={v:.2f}" for k, v in shown[:limit])
 
 
 class Progress(tune.Callback):
