@@ -172,7 +172,6 @@ def _few_shot(dataset: str, shots: int | None) -> Recipe:
 _B2N = Recipe(20, LR, BATCH, source="[choice] PromptSRC recipe: 4+4 ctx, depth 9, ep20, batch 4, no GPA")
 _CROSS = Recipe(20, LR, BATCH, options={"depth_text": 3, "depth_vision": 3, "gpa_mean": 6.0, "gpa_std": 10.0},
                 source="[choice] PromptSRC cross-dataset recipe: depth 3, ep20, batch 4, no GPA")
-_LONG_TAIL = Recipe(20, LR, BATCH, source="[choice] base-to-novel recipe on the imbalanced base train set")
 
 
 @register_method("drople", aliases=("dple", "dropout_prompt"),
@@ -182,7 +181,7 @@ class DroPLe(PromptSRC):
     """DroPLe on the IVLP backbone; see the module docstring and :class:`DropleOptions`."""
 
     Options = DropleOptions
-    RECIPES = {"base2novel": _B2N, "cross_dataset": _CROSS, "few_shot": _few_shot, "long_tail": _LONG_TAIL}
+    RECIPES = {"base2novel": _B2N, "cross_dataset": _CROSS, "few_shot": _few_shot, "long_tail": _CROSS}  # LIFT: ImageNet-scale recipe
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)  # builds the IVLP prompts first: same init as IVLP for the same seed
