@@ -224,8 +224,6 @@ def validate_names(cfg: DictConfig, *, validate_methods: bool = True) -> None:
         cfg.source = DATASETS.canonical(cfg.source)
     if cfg.backbone.name not in BACKBONES:
         _validate_open_clip_name(cfg.backbone.name, BACKBONES.list())
-    if cfg.suite == "toy" and cfg.backbone.name != "toy" and cfg.backbone.checkpoint is None:
-        pass  # allowed: any backbone can run on the toy data
     if validate_methods and cfg.method:
         validate_method_options(list(cfg.methods), OmegaConf.to_container(cfg.method, resolve=True))
 

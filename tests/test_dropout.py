@@ -282,7 +282,7 @@ from dplbench.errors import ConfigError  # noqa: E402
 from methods.drople import DroPLe, DropleOptions  # noqa: E402
 from methods.ivlp import IVLP, IVLPOptions  # noqa: E402
 
-from test_methods import tiny_config  # noqa: E402,F401  (the shared 2-layer tiny open_clip config)
+from test_methods import tiny_config, vitb16  # noqa: E402,F401  (shared tiny config and random ViT-B-16)
 CLASSES = ["cat", "dog", "red fire truck"]
 STEP = StepState(epoch=1, num_epochs=4, step=0, steps_per_epoch=1)
 
@@ -519,13 +519,6 @@ def test_trains_on_synthetic_data(tiny):
     assert mean("loss/mag", last) < 0.5 * mean("loss/mag", first)
     assert mean("loss/text_l1", last) < mean("loss/text_l1", first)
     assert all(math.isfinite(h["loss"]) for h in history)
-
-
-@pytest.fixture(scope="module")
-def vitb16() -> Backbone:
-    torch.manual_seed(0)
-    model = open_clip.create_model("ViT-B-16", pretrained=None, force_quick_gelu=True)
-    return Backbone.from_model(model, name="ViT-B-16", precision="fp32", device="cpu")
 
 
 def test_parameter_counts_vit_b16(vitb16):
