@@ -41,7 +41,7 @@ class TrainConfig:
     epochs: Optional[int] = None          # null = the method's recipe for the protocol
     lr: Optional[float] = None
     batch_size: Optional[int] = None
-    epoch_scale: Optional[float] = None   # multiply the recipe's epochs (null = the suite's, e.g. toy 0.25)
+    epoch_scale: Optional[float] = None   # multiply the recipe's epochs (null = the suite's, e.g. toy few_shot 0.25)
     eval_batch_size: int = 100
     deterministic: bool = False
     split_seed: Optional[int] = None      # which few-shot subset (null = the run seed)

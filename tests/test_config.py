@@ -26,6 +26,13 @@ def test_defaults_come_from_the_protocol():
     assert all(d.startswith("toy") for d in cfg.datasets)
 
 
+def test_epoch_scale_comes_from_the_suite_unless_given():
+    assert build_config(["protocol=few_shot"]).train.epoch_scale == 0.25  # toy suites: a quarter of the epochs
+    assert build_config(["protocol=few_shot", "suite=standard"]).train.epoch_scale is None
+    assert build_config(["protocol=few_shot", "train.epoch_scale=1"]).train.epoch_scale == 1.0
+    assert build_config([]).train.epoch_scale is None  # the default base2novel toy suite runs the full recipes
+
+
 def test_overrides_and_shorthands():
     cfg = build_config(["method=coop", "seeds=[1]", "train.epochs=2", "run.device=cpu", "method.n_ctx=8"])
     assert list(cfg.methods) == ["coop"]

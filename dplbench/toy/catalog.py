@@ -19,6 +19,7 @@ _TOY_DATASETS: tuple[tuple[str, int, str, str], ...] = (
     ("toy_shapes_sketch", 8, "a sketch of a {}.", "toy: toy_shapes drawn as outlines (style shift)"),
     ("toy_shapes_noisy", 8, "a photo of a {}.", "toy: toy_shapes with strong pixel noise (style shift)"),
     ("toy_shapes_lowcontrast", 8, "a photo of a {}.", "toy: toy_shapes at low contrast (style shift)"),
+    ("toy_patterns_noisy", 5, "a photo of a {} shape.", "toy: toy_patterns with pixel noise (style shift)"),
     ("toy_colored_shapes_lt", 36, "a photo of a {}.",
      "toy: toy_colored_shapes with a long-tailed train split (300 down to 3 images per class)"),
 )

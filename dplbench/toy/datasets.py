@@ -52,6 +52,10 @@ def _shape_classes() -> tuple[ToyClass, ...]:
     return tuple(ToyClass(s, shape=i) for i, s in enumerate(SHAPES))
 
 
+def _pattern_classes() -> tuple[ToyClass, ...]:
+    return tuple(ToyClass(p, pattern=i) for i, p in enumerate(PATTERNS))
+
+
 def _colored_shape_classes(n_shapes: int = 6) -> tuple[ToyClass, ...]:
     """Colour x shape, ordered so that the first half of the labels (the base classes of the base-to-novel
     rule) is a checkerboard: every colour and every shape is seen in base, novel = unseen combinations."""
@@ -68,7 +72,7 @@ def _build_specs() -> dict[str, ToySpec]:
         ToySpec("toy_colored_shapes", _colored_shape_classes(), "a photo of a {}.",
                 "36 colour x shape combinations (base/novel = checkerboard of combinations)",
                 seed=2, per_class=(40, 10, 50)),
-        ToySpec("toy_patterns", tuple(ToyClass(p, pattern=i) for i, p in enumerate(PATTERNS)),
+        ToySpec("toy_patterns", _pattern_classes(),
                 "a photo of a {} shape.", "5 fill patterns (textures) on any shape and colour",
                 seed=3, per_class=(100, 25, 200)),
         ToySpec("toy_colors", tuple(ToyClass(c, color=i) for i, c in enumerate(COLOR_NAMES)),
@@ -79,6 +83,8 @@ def _build_specs() -> dict[str, ToySpec]:
                 seed=6, per_class=(50, 10, 150), style="noisy"),
         ToySpec("toy_shapes_lowcontrast", shapes, "a photo of a {}.",
                 "toy_shapes at low contrast (style shift)", seed=7, per_class=(50, 10, 150), style="lowcontrast"),
+        ToySpec("toy_patterns_noisy", _pattern_classes(), "a photo of a {} shape.",
+                "toy_patterns with pixel noise (style shift)", seed=9, per_class=(50, 10, 150), style="noisy_mild"),
         ToySpec("toy_colored_shapes_lt", _colored_shape_classes(), "a photo of a {}.",
                 "toy_colored_shapes with a long-tailed train split (300 down to 3 images per class)",
                 seed=8, per_class=(LT_MAX, 10, 50), long_tail=True),
@@ -204,4 +210,5 @@ load_colors = _loader("toy_colors")
 load_shapes_sketch = _loader("toy_shapes_sketch")
 load_shapes_noisy = _loader("toy_shapes_noisy")
 load_shapes_lowcontrast = _loader("toy_shapes_lowcontrast")
+load_patterns_noisy = _loader("toy_patterns_noisy")
 load_colored_shapes_lt = _loader("toy_colored_shapes_lt")

@@ -61,6 +61,7 @@ STYLE_VARIANTS: dict[str, SceneDist] = {
     "sketch": replace(DOWNSTREAM, sketch_prob=1.0),
     "noisy": replace(DOWNSTREAM, noise=(0.1, 0.16)),
     "lowcontrast": replace(DOWNSTREAM, contrast=(0.32, 0.45)),
+    "noisy_mild": replace(DOWNSTREAM, noise=(0.08, 0.13)),  # patterns are finer than shapes: less noise
 }
 
 
