@@ -1,4 +1,4 @@
-"""The README's quick start and CI must stay in sync: CI runs exactly the README's test command."""
+"""The README stays true: CI runs exactly its test command, and its toy table lists every toy dataset."""
 
 import re
 from pathlib import Path
@@ -25,3 +25,14 @@ def test_ci_runs_the_readme_test_command():
     test_command = _quick_start_commands()[1]
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert test_command in ci.splitlines()
+
+
+def test_toy_table_lists_every_toy_dataset_with_its_split_sizes():
+    from dplbench.toy.datasets import SPECS, split_counts
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| (toy_\w+)[^|]*\| \d+ \| ([\d /]+) \|", text, flags=re.M)}
+    assert set(rows) == set(SPECS)
+    for name, spec in SPECS.items():
+        sizes = " / ".join(str(sum(split_counts(spec, split))) for split in ("train", "val", "test"))
+        assert rows[name].strip() == sizes, name
