@@ -203,7 +203,7 @@ def quick_execute(unit, cfg, on_epoch=None):
 
 
 def test_kill_9_loses_no_finished_unit_and_rerun_completes_without_duplicates(tmp_path):
-    from dplbench.orchestrate.session import SESSION_FILE, _pid_alive, clean_stale_session, session_processes
+    from dplbench.orchestrate.session import SESSION_FILE, pid_alive, clean_stale_session, session_processes
 
     script = tmp_path / "killme.py"
     script.write_text(textwrap.dedent(KILL_SCRIPT))
@@ -228,9 +228,9 @@ def test_kill_9_loses_no_finished_unit_and_rerun_completes_without_duplicates(tm
     # the killed driver's session record is found by the next run, which stops whatever is left of exactly that
     # Ray session (on Linux Ray's own processes usually die with their driver; workers may linger)
     session = json.loads((tmp_path / SESSION_FILE).read_text())
-    assert session["driver_pid"] == proc.pid and not _pid_alive(proc.pid)
+    assert session["driver_pid"] == proc.pid and not pid_alive(proc.pid)
     stopped = clean_stale_session(tmp_path)
-    assert not any(_pid_alive(pid) for pid in stopped)
+    assert not any(pid_alive(pid) for pid in stopped)
     assert session_processes(session["session_dir"]) == []
     assert not (tmp_path / SESSION_FILE).exists()
 
@@ -242,6 +242,44 @@ def test_kill_9_loses_no_finished_unit_and_rerun_completes_without_duplicates(tm
     assert len(files) == 4 and sorted(files) == sorted(summary.paths)  # exactly one file per unit
     assert all(path.stat().st_mtime_ns == mtime for path, mtime in survivors.items())
     assert all(ResultStore(tmp_path).is_done(u.unit_dict(), u.config_hash) for u in units)
+
+
+def test_runs_left_running_by_a_killed_invocation_are_closed_by_the_next_one(output_dir):
+    import socket
+
+    from mlflow.tracking import MlflowClient
+
+    from dplbench.orchestrate import tracking
+
+    cfg = build_config([f"run.output_dir={output_dir}"])
+    client = MlflowClient(tracking.tracking_uri(cfg))
+    experiment_id = client.create_experiment(cfg.tracking.experiment)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+
+    def new_run(pid=None, parent=None, other_host=False):
+        tags = {"dplbench.role": "parent", "dplbench.host": "elsewhere" if other_host else host,
+                "dplbench.pid": str(pid)} if pid else {"dplbench.role": "unit", "mlflow.parentRunId": parent}
+        return client.create_run(experiment_id, tags=tags).info.run_id
+
+    killed = new_run(pid=int(dead.stdout))                       # its driver was kill -9'd
+    trial = new_run(parent=killed)                               # a sweep trial of it, and the trial's unit
+    trial_unit, finished_unit = new_run(parent=trial), new_run(parent=killed)
+    client.set_terminated(finished_unit, "FINISHED")
+    ended = new_run(pid=os.getpid())                             # Ctrl-C: parent ended, its workers' runs not
+    client.set_terminated(ended, "FAILED")
+    orphan = new_run(parent=ended)
+    live, remote = new_run(pid=os.getpid()), new_run(pid=int(dead.stdout), other_host=True)
+    live_unit = new_run(parent=live)
+
+    info = tracking.start_parent(cfg, "next", {}, {})
+    status = {run_id: client.get_run(run_id).info.status
+              for run_id in (killed, trial, trial_unit, finished_unit, ended, orphan, live, live_unit, remote)}
+    assert status == {killed: "KILLED", trial: "KILLED", trial_unit: "KILLED", finished_unit: "FINISHED",
+                      ended: "FAILED", orphan: "KILLED", live: "RUNNING", live_unit: "RUNNING", remote: "RUNNING"}
+    tags = client.get_run(info.parent_run_id).data.tags
+    assert tags["dplbench.pid"] == str(os.getpid()) and tags["dplbench.host"] == host
+    assert tags["dplbench.role"] == "parent"
 
 
 # -- sweeps -------------------------------------------------------------------------------------------------------

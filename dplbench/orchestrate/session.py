@@ -35,7 +35,7 @@ class RayConnectionError(DplbenchError):
     """``ray.address`` names a cluster dplbench cannot attach to."""
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -94,9 +94,9 @@ def terminate(pids: list[int], grace_s: float = 5.0) -> None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, sig)
         deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and any(_pid_alive(p) for p in pids):
+        while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
             time.sleep(0.1)
-        pids = [p for p in pids if _pid_alive(p)]
+        pids = [p for p in pids if pid_alive(p)]
         if not pids:
             return
 
@@ -112,7 +112,7 @@ def clean_stale_session(output_dir: Path) -> list[int]:
     except (OSError, ValueError, KeyError, TypeError):
         path.unlink(missing_ok=True)
         return []
-    if driver != os.getpid() and _pid_alive(driver):
+    if driver != os.getpid() and pid_alive(driver):
         log.warning("another dplbench run (pid %d) is using %s; starting a separate Ray instance", driver, output_dir)
         return []
     # a Ray session directory is an absolute path ending in session_<date>_<pid>: never match anything shorter

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,7 +72,7 @@ def start_parent(cfg: Any, run_name: str, params: Mapping[str, Any], tags: Mappi
     uri = tracking_uri(cfg)
     if uri is None:
         return None
-    from mlflow.entities import Param, RunTag
+    from mlflow.entities import Param
 
     from dplbench.errors import DplbenchError
 
@@ -84,13 +86,47 @@ def start_parent(cfg: Any, run_name: str, params: Mapping[str, Any], tags: Mappi
             experiment_id = client.create_experiment(cfg.tracking.experiment, artifact_location=artifacts)
         else:
             experiment_id = experiment.experiment_id
-        run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
-        client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in short_params(params).items()],
-                         tags=[RunTag("dplbench.role", "parent")])
+        _close_abandoned_runs(client, experiment_id)
+        driver = {"dplbench.role": "parent", "dplbench.host": socket.gethostname(), "dplbench.pid": str(os.getpid())}
+        run = client.create_run(experiment_id, run_name=run_name, tags={**dict(tags), **driver})
+        client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in short_params(params).items()])
     except Exception as exc:  # noqa: BLE001 - any backend failure is a user-environment problem
         raise DplbenchError(f"cannot use the MLflow tracking store {uri}: {str(exc).splitlines()[0][:200]} "
                             "(set tracking.uri=..., or tracking.enabled=false)") from None
     return TrackingInfo(uri=uri, experiment_id=experiment_id, parent_run_id=run.info.run_id)
+
+
+def _close_abandoned_runs(client: Any, experiment_id: str) -> list[str]:
+    """Mark as KILLED the runs a killed invocation left RUNNING (``kill -9`` never reaches `end_parent`).
+
+    A parent run is abandoned when its driver process (tagged host + pid) no longer exists on this host; a child
+    run is abandoned when its parent is abandoned or already ended. Runs of a live invocation (another terminal,
+    another host) are left alone. Returns the ids of the runs it closed.
+    """
+    from dplbench.orchestrate.session import pid_alive
+
+    running = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=10000)
+    by_id = {run.info.run_id: run for run in running}
+    host = socket.gethostname()
+
+    def abandoned_parent(run: Any) -> bool:
+        tags = run.data.tags
+        return (tags.get("dplbench.role") == "parent" and tags.get("dplbench.host") == host
+                and tags.get("dplbench.pid", "").isdigit() and not pid_alive(int(tags["dplbench.pid"])))
+
+    closed = [run_id for run_id, run in by_id.items() if abandoned_parent(run)]
+    frontier = set(closed)
+    while frontier:  # children (units, sweep trials, their units) of closed or already-ended runs
+        children = [run_id for run_id, run in by_id.items() if run_id not in closed
+                    and (parent := run.data.tags.get("mlflow.parentRunId"))
+                    and (parent in frontier or parent not in by_id)]
+        closed += children
+        frontier = set(children)
+    for run_id in closed:
+        client.set_terminated(run_id, "KILLED")
+    if closed:
+        log.warning("MLflow: marked %d run(s) of a killed invocation as KILLED", len(closed))
+    return closed
 
 
 def end_parent(info: TrackingInfo | None, metrics: Mapping[str, Any], failed: bool) -> None:
