@@ -8,7 +8,8 @@ IVLP deep prompts in both towers (4+4 tokens, depth 9) plus, in training only:
 - the MAG module and its alignment loss (×30) on the paired layers (``dplbench.dropout.mag``);
 - residual entropy regularisation with the annealed λ (×0.05, λ_res 0.1; ``dplbench.dropout.entropy``);
 - PromptSRC's consistency terms towards frozen CLIP: L1 text ×25, L1 image ×10, KD ×2.5 (teachers: the
-  60-template text ensemble of the training classes and the frozen image features of the same augmented view).
+  60-template text ensemble of the training classes and the frozen image features of the same augmented view;
+  ``teacher_view=clean`` gives the released code's two views: the teacher sees the resized, centre-cropped image).
 
 ``L = CE + L_txt + L_img + 2.5·L_kd + L_res + 30·L_MAG``. No GPA by default (``gpa=true`` is an ablation).
 Evaluation is plain IVLP: no attention maps, no scores, no perturbation. Not comparable with the paper's numbers,
@@ -38,6 +39,7 @@ from methods.promptsrc import FEW_SHOT_NARROW_GPA, PromptSRC, kl_to_frozen, l1_c
 
 BRANCHES = ("vision", "text")
 TEACHER_TEXT = {"ensemble": "ensemble60", "single": "dataset"}
+TEACHER_VIEWS = ("augmented", "clean")
 
 
 @dataclass
@@ -95,6 +97,7 @@ class DropleOptions(IVLPOptions):
     gpa_mean: float = 15.0            # only used with gpa=true (PromptSRC's values per protocol)
     gpa_std: float = 1.0
     teacher_text: str = "ensemble"    # ensemble (60 templates) | single (the dataset's template)
+    teacher_view: str = "augmented"   # augmented (the student's view) | clean (resize + center crop: released code)
 
     def __post_init__(self) -> None:
         for name, cls in _NESTED.items():
@@ -109,6 +112,7 @@ class DropleOptions(IVLPOptions):
         i = self.iwtd
         _choice("iwtd.mode", i.mode, MODES)
         _choice("teacher_text", self.teacher_text, tuple(TEACHER_TEXT))
+        _choice("teacher_view", self.teacher_view, TEACHER_VIEWS)
         _subset("iwtd.scores", i.scores, SCORES, allow_empty=i.mode in ("uniform", "off"))
         _subset("iwtd.branches", i.branches, BRANCHES, allow_empty=True)
         if not 0.0 <= i.p_min <= i.p_max <= 1.0:
@@ -242,6 +246,18 @@ class DroPLe(PromptSRC):
         return out.features, hook.aligned
 
     # -- training --------------------------------------------------------------------------------------
+    @property
+    def needs_clean_view(self) -> bool:
+        return self.options.teacher_view == "clean"
+
+    def _teacher_view(self, images: torch.Tensor, state: StepState) -> torch.Tensor:
+        if not self.needs_clean_view:
+            return images
+        if state.teacher_images is None:
+            raise ConfigError("teacher_view=clean needs the clean view of the batch (StepState.teacher_images); "
+                              "the trainer provides it when given clean_transform")
+        return state.teacher_images
+
     def training_step(self, images: torch.Tensor, labels: torch.Tensor, state: StepState) -> dict[str, torch.Tensor]:
         o = self.options
         labels = labels.to(self.device)
@@ -257,7 +273,7 @@ class DroPLe(PromptSRC):
         need_text = c.text_l1 > 0 or c.kd > 0 or o.res.weight > 0
         need_image = c.image_l1 > 0 or c.kd > 0 or o.res.weight > 0
         frozen_text = self.teacher_text() if need_text else None
-        frozen_image = self.teacher_image(images) if need_image else None
+        frozen_image = self.teacher_image(self._teacher_view(images, state)) if need_image else None
         if c.text_l1 > 0:
             terms["text_l1"] = c.text_l1 * l1_consistency(text, frozen_text)
         if c.image_l1 > 0:
@@ -302,7 +318,8 @@ class DroPLe(PromptSRC):
                     "schedule": "lam·(1 − (1 + 10·e/E)^(−0.75)), e 0-based"},
             "teacher_text": {"choice": o.teacher_text, "templates": TEACHER_TEXT[o.teacher_text],
                              "count": len(self.teacher_templates()), "classes": "training classes"},
-            "teacher_image": "same backbone, prompts off, same augmented view, no grad",
+            "teacher_image": ("same backbone, prompts off, no grad, "
+                              + ("clean view (test transform)" if o.teacher_view == "clean" else "same augmented view")),
             "gpa": ({"mean": o.gpa_mean, "std": o.gpa_std} if o.gpa else None),
         })
         return out

@@ -521,6 +521,27 @@ def test_trains_on_synthetic_data(tiny):
     assert all(math.isfinite(h["loss"]) for h in history)
 
 
+def test_teacher_view_clean_feeds_the_clean_batch_to_the_frozen_image_teacher(tiny):
+    images, clean = _images(seed=0), _images(seed=5)
+
+    def step(teacher_view, teacher_images):
+        m = _drople(tiny, seed=3, teacher_view=teacher_view)
+        m.train()
+        torch.manual_seed(0)  # the same token-dropout draws in every call
+        return m.training_step(images, LABELS, StepState(1, 4, 0, 1, teacher_images=teacher_images))
+
+    same_view = step("augmented", None)
+    assert torch.equal(step("clean", images)["loss"], same_view["loss"])  # clean view = student view: identical
+    other = step("clean", clean)
+    assert torch.equal(other["loss/ce"], same_view["loss/ce"])  # the student is untouched
+    assert not torch.equal(other["loss/image_l1"], same_view["loss/image_l1"])
+    assert torch.equal(step("augmented", clean)["loss"], same_view["loss"])  # the default ignores a clean view
+    with pytest.raises(ConfigError, match="teacher_view=clean needs the clean view"):
+        step("clean", None)
+    with pytest.raises(ConfigError, match="teacher_view"):
+        DropleOptions(teacher_view="blurred")
+
+
 def test_parameter_counts_vit_b16(vitb16):
     assert _drople(vitb16, classes=["cat", "dog"]).num_trainable() == 735_232
     assert _drople(vitb16, classes=["cat", "dog"], depth_text=3, depth_vision=3).num_trainable() == 704_512

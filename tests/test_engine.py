@@ -197,6 +197,34 @@ def test_nan_loss_raises_a_clear_error(tiny_backbone):
         train(method, synth_splits(), TrainSettings(epochs=1, lr=0.1, batch_size=4), transform=_train_tf(tiny_backbone))
 
 
+def test_a_method_needing_a_clean_view_gets_the_test_transform_of_the_same_images(tiny_backbone):
+    from dplbench.data.transforms import build_transform
+    from dplbench.engine.trainer import TrainSettings, train
+    from dplbench.errors import DplbenchError
+
+    method = make_method("drople", tiny_backbone, teacher_view="clean")
+    assert method.needs_clean_view and not make_method("drople", tiny_backbone).needs_clean_view
+    test_tf = build_transform(False, tiny_backbone.image_size, tiny_backbone.mean, tiny_backbone.std)
+    splits = synth_splits()
+    expected = {tuple(test_tf(splits.load_image(d)).flatten()[:16].tolist()) for d in splits.train}
+    seen = []
+    original = method.training_step
+
+    def spy(images, labels, state):
+        assert state.teacher_images is not None and state.teacher_images.shape == images.shape
+        assert not torch.equal(state.teacher_images, images)  # the student view is augmented, the teacher's not
+        seen.extend(tuple(t.flatten()[:16].tolist()) for t in state.teacher_images)
+        return original(images, labels, state)
+
+    method.training_step = spy
+    settings = TrainSettings(epochs=1, lr=0.01, batch_size=4)
+    hist = train(method, splits, settings, transform=_train_tf(tiny_backbone), clean_transform=test_tf)
+    assert hist and seen and set(seen) <= expected  # every teacher image is exactly a test-transformed train image
+    with pytest.raises(DplbenchError, match="clean teacher view"):
+        train(make_method("drople", tiny_backbone, teacher_view="clean"), splits, settings,
+              transform=_train_tf(tiny_backbone))
+
+
 def test_untrainable_method_skips_training(tiny_backbone):
     from dplbench.engine.trainer import TrainSettings, train
 

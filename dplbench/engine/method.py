@@ -65,6 +65,7 @@ class StepState:
     num_epochs: int
     step: int
     steps_per_epoch: int
+    teacher_images: torch.Tensor | None = None  # the un-augmented view of the batch (methods with needs_clean_view)
 
 
 class PromptMethod(nn.Module):
@@ -100,6 +101,12 @@ class PromptMethod(nn.Module):
     @classmethod
     def recipe(cls, family: str, dataset: str, shots: int | None) -> Recipe:
         return lookup_recipe(cls.RECIPES, family, dataset, shots, cls.name)
+
+    @property
+    def needs_clean_view(self) -> bool:
+        """True when :meth:`training_step` also reads an un-augmented view of the batch (``state.teacher_images``,
+        the evaluation transform of the same images); the trainer then loads both views."""
+        return False
 
     # -- precision helpers --------------------------------------------------------------------------
     @property

@@ -73,17 +73,24 @@ def _to_float(v: Any) -> float:
 
 
 def train(method: PromptMethod, splits: Any, settings: TrainSettings, *, transform: Callable,
-          on_epoch: Callable[[dict], None] | None = None, checkpoint_path: str | os.PathLike | None = None
-          ) -> list[dict[str, Any]]:
+          on_epoch: Callable[[dict], None] | None = None, checkpoint_path: str | os.PathLike | None = None,
+          clean_transform: Callable | None = None) -> list[dict[str, Any]]:
     """Train ``method`` on ``splits.train``; return the per-epoch history.
 
     ``checkpoint_path``: written after every epoch (learned state + optimizer + epoch + history); when it exists
-    at the start and matches this run, training resumes after its last epoch.
+    at the start and matches this run, training resumes after its last epoch. ``clean_transform`` (the
+    evaluation transform) builds the teacher view of methods whose ``needs_clean_view`` is true.
     """
     from dplbench.data.loader import make_loader
+    from dplbench.data.transforms import TwoViews
 
     if TRAINABLE not in method.capabilities or settings.epochs == 0:
         return []
+    two_views = method.needs_clean_view
+    if two_views:
+        if clean_transform is None:
+            raise DplbenchError(f"method {method.name!r} needs a clean teacher view: pass clean_transform to train()")
+        transform = TwoViews(transform, clean_transform)
     params = method.trainable_parameters()
     if not params:
         raise DplbenchError(f"method {method.name!r} has no trainable parameters")
@@ -118,10 +125,15 @@ def train(method: PromptMethod, splits: Any, settings: TrainSettings, *, transfo
         sums: dict[str, float] = {}
         steps = 0
         for step, (images, labels) in enumerate(loader):
+            teacher = None
+            if two_views:
+                images, teacher = images
+                teacher = teacher.to(backbone.device, non_blocking=True)
             images = images.to(backbone.device, non_blocking=True)
             labels = labels.to(backbone.device, non_blocking=True)
+            state = StepState(epoch, settings.epochs, step, len(loader), teacher_images=teacher)
             with backbone.autocast():
-                terms = method.training_step(images, labels, StepState(epoch, settings.epochs, step, len(loader)))
+                terms = method.training_step(images, labels, state)
             loss = terms["loss"]
             if not torch.isfinite(loss.detach()).all():
                 raise NonFiniteLossError(
