@@ -196,8 +196,9 @@ class _UnitRun:
         t0 = time.perf_counter()
         self.history = train(method, splits, settings, transform=self.train_transform, on_epoch=self.on_epoch,
                              checkpoint_path=resume if self.recipe.epochs > 0 and method.num_trainable() else None,
-                             clean_transform=self.test_transform)
-        if method.needs_clean_view:
+                             clean_transform=self.test_transform, clean_transform_desc=self.transforms["test"],
+                             cache=self.features)
+        if method.needs_clean_features:
             self.transforms["train_teacher"] = self.transforms["test"]
         self.train_seconds += time.perf_counter() - t0
         self.extra["num_train_images"] = len(splits.train)

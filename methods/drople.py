@@ -247,16 +247,17 @@ class DroPLe(PromptSRC):
 
     # -- training --------------------------------------------------------------------------------------
     @property
-    def needs_clean_view(self) -> bool:
+    def needs_clean_features(self) -> bool:
         return self.options.teacher_view == "clean"
 
-    def _teacher_view(self, images: torch.Tensor, state: StepState) -> torch.Tensor:
-        if not self.needs_clean_view:
-            return images
-        if state.teacher_images is None:
-            raise ConfigError("teacher_view=clean needs the clean view of the batch (StepState.teacher_images); "
-                              "the trainer provides it when given clean_transform")
-        return state.teacher_images
+    def _frozen_image(self, images: torch.Tensor, state: StepState) -> torch.Tensor:
+        """The image teacher: frozen features of this augmented batch, or of the clean images (precomputed)."""
+        if not self.needs_clean_features:
+            return self.teacher_image(images)
+        if state.clean_features is None:
+            raise ConfigError("teacher_view=clean needs the clean images' features (StepState.clean_features); "
+                              "the trainer provides them when given clean_transform")
+        return F.normalize(state.clean_features.float(), dim=-1)
 
     def training_step(self, images: torch.Tensor, labels: torch.Tensor, state: StepState) -> dict[str, torch.Tensor]:
         o = self.options
@@ -273,7 +274,7 @@ class DroPLe(PromptSRC):
         need_text = c.text_l1 > 0 or c.kd > 0 or o.res.weight > 0
         need_image = c.image_l1 > 0 or c.kd > 0 or o.res.weight > 0
         frozen_text = self.teacher_text() if need_text else None
-        frozen_image = self.teacher_image(self._teacher_view(images, state)) if need_image else None
+        frozen_image = self._frozen_image(images, state) if need_image else None
         if c.text_l1 > 0:
             terms["text_l1"] = c.text_l1 * l1_consistency(text, frozen_text)
         if c.image_l1 > 0:
@@ -319,7 +320,8 @@ class DroPLe(PromptSRC):
             "teacher_text": {"choice": o.teacher_text, "templates": TEACHER_TEXT[o.teacher_text],
                              "count": len(self.teacher_templates()), "classes": "training classes"},
             "teacher_image": ("same backbone, prompts off, no grad, "
-                              + ("clean view (test transform)" if o.teacher_view == "clean" else "same augmented view")),
+                              + ("clean view (test transform; features computed once)" if o.teacher_view == "clean"
+                                 else "same augmented view")),
             "gpa": ({"mean": o.gpa_mean, "std": o.gpa_std} if o.gpa else None),
         })
         return out

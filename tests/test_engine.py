@@ -197,32 +197,48 @@ def test_nan_loss_raises_a_clear_error(tiny_backbone):
         train(method, synth_splits(), TrainSettings(epochs=1, lr=0.1, batch_size=4), transform=_train_tf(tiny_backbone))
 
 
-def test_a_method_needing_a_clean_view_gets_the_test_transform_of_the_same_images(tiny_backbone):
-    from dplbench.data.transforms import build_transform
+def test_clean_features_are_computed_once_and_follow_the_batch(tiny_backbone, tmp_path):
+    from dplbench.data.transforms import build_transform, describe_transform
+    from dplbench.engine.cache import frozen_image_features
     from dplbench.engine.trainer import TrainSettings, train
     from dplbench.errors import DplbenchError
 
     method = make_method("drople", tiny_backbone, teacher_view="clean")
-    assert method.needs_clean_view and not make_method("drople", tiny_backbone).needs_clean_view
-    test_tf = build_transform(False, tiny_backbone.image_size, tiny_backbone.mean, tiny_backbone.std)
+    assert method.needs_clean_features and not make_method("drople", tiny_backbone).needs_clean_features
+    bb = tiny_backbone
+    test_tf = build_transform(False, bb.image_size, bb.mean, bb.std)
+    desc = describe_transform(False, bb.image_size, bb.mean, bb.std)
     splits = synth_splits()
-    expected = {tuple(test_tf(splits.load_image(d)).flatten()[:16].tolist()) for d in splits.train}
-    seen = []
+    expected = frozen_image_features(bb, splits, splits.train, test_tf, desc, split="train")
+    item_labels = torch.tensor([d.label for d in splits.train])
+    batches = []
     original = method.training_step
 
     def spy(images, labels, state):
-        assert state.teacher_images is not None and state.teacher_images.shape == images.shape
-        assert not torch.equal(state.teacher_images, images)  # the student view is augmented, the teacher's not
-        seen.extend(tuple(t.flatten()[:16].tolist()) for t in state.teacher_images)
+        assert state.clean_features is not None and state.clean_features.shape == (len(labels), expected.shape[1])
+        # every row is the clean feature of an item with the batch row's label (features of distinct items differ)
+        nearest = torch.cdist(state.clean_features.float(), expected).argmin(dim=1)
+        assert torch.allclose(state.clean_features.float(), expected[nearest], atol=1e-5)
+        assert torch.equal(item_labels[nearest], labels.cpu())
+        batches.append(nearest)
         return original(images, labels, state)
 
     method.training_step = spy
-    settings = TrainSettings(epochs=1, lr=0.01, batch_size=4)
-    hist = train(method, splits, settings, transform=_train_tf(tiny_backbone), clean_transform=test_tf)
-    assert hist and seen and set(seen) <= expected  # every teacher image is exactly a test-transformed train image
-    with pytest.raises(DplbenchError, match="clean teacher view"):
-        train(make_method("drople", tiny_backbone, teacher_view="clean"), splits, settings,
-              transform=_train_tf(tiny_backbone))
+    cache = feature_cache(tmp_path)
+    calls = []
+    frozen = bb.frozen_image_features
+    bb.frozen_image_features = lambda images: (calls.append(len(images)), frozen(images))[1]
+    try:
+        settings = TrainSettings(epochs=2, lr=0.01, batch_size=4)
+        hist = train(method, splits, settings, transform=_train_tf(bb), clean_transform=test_tf,
+                     clean_transform_desc=desc, cache=cache)
+    finally:
+        del bb.frozen_image_features
+    assert len(hist) == 2 and len(batches) == 2 * (len(splits.train) // 4)
+    assert sum(calls) == len(splits.train)  # the clean features: one pass over the training set, none per step
+    assert sorted(torch.cat(batches[:len(batches) // 2]).tolist()) == list(range(len(splits.train)))
+    with pytest.raises(DplbenchError, match="clean training-image features"):
+        train(make_method("drople", tiny_backbone, teacher_view="clean"), splits, settings, transform=_train_tf(bb))
 
 
 def test_untrainable_method_skips_training(tiny_backbone):

@@ -3,8 +3,7 @@ description for result files. torchvision is imported inside `build_transform` o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 DEFAULT_MEAN = (0.48145466, 0.4578275, 0.40821073)
 DEFAULT_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -47,16 +46,6 @@ def describe_transform(train: bool, image_size: int | Sequence[int] = 224,
 
     return [f"{name}(" + ", ".join(f"{k}={fmt(v)}" for k, v in kw.items()) + ")"
             for name, kw in _steps(train, image_size, mean, std, crop_scale, flip)]
-
-
-class TwoViews:
-    """Applies two transforms to the same image: ``(first(image), second(image))`` (a student and a teacher view)."""
-
-    def __init__(self, first: Callable, second: Callable):
-        self.first, self.second = first, second
-
-    def __call__(self, image: Any) -> tuple[Any, Any]:
-        return self.first(image), self.second(image)
 
 
 def build_transform(train: bool, image_size: int | Sequence[int] = 224, mean: Sequence[float] = DEFAULT_MEAN,

@@ -65,7 +65,7 @@ class StepState:
     num_epochs: int
     step: int
     steps_per_epoch: int
-    teacher_images: torch.Tensor | None = None  # the un-augmented view of the batch (methods with needs_clean_view)
+    clean_features: torch.Tensor | None = None  # frozen features of the un-augmented batch (needs_clean_features)
 
 
 class PromptMethod(nn.Module):
@@ -103,9 +103,10 @@ class PromptMethod(nn.Module):
         return lookup_recipe(cls.RECIPES, family, dataset, shots, cls.name)
 
     @property
-    def needs_clean_view(self) -> bool:
-        """True when :meth:`training_step` also reads an un-augmented view of the batch (``state.teacher_images``,
-        the evaluation transform of the same images); the trainer then loads both views."""
+    def needs_clean_features(self) -> bool:
+        """True when :meth:`training_step` reads ``state.clean_features``: the frozen, prompt-free image features
+        [B, E] (unnormalised) of the batch's images under the evaluation transform. They are frozen, so the
+        trainer computes them once per training set (cached like test features), never per step."""
         return False
 
     # -- precision helpers --------------------------------------------------------------------------

@@ -74,23 +74,28 @@ def _to_float(v: Any) -> float:
 
 def train(method: PromptMethod, splits: Any, settings: TrainSettings, *, transform: Callable,
           on_epoch: Callable[[dict], None] | None = None, checkpoint_path: str | os.PathLike | None = None,
-          clean_transform: Callable | None = None) -> list[dict[str, Any]]:
+          clean_transform: Callable | None = None, clean_transform_desc: Sequence[str] = (),
+          cache: Any = None) -> list[dict[str, Any]]:
     """Train ``method`` on ``splits.train``; return the per-epoch history.
 
     ``checkpoint_path``: written after every epoch (learned state + optimizer + epoch + history); when it exists
     at the start and matches this run, training resumes after its last epoch. ``clean_transform`` (the
-    evaluation transform) builds the teacher view of methods whose ``needs_clean_view`` is true.
+    evaluation transform, described by ``clean_transform_desc``) gives the frozen features of the un-augmented
+    training images for methods whose ``needs_clean_features`` is true, computed once (``cache``: feature cache).
     """
     from dplbench.data.loader import make_loader
-    from dplbench.data.transforms import TwoViews
+    from dplbench.engine.cache import frozen_image_features
 
     if TRAINABLE not in method.capabilities or settings.epochs == 0:
         return []
-    two_views = method.needs_clean_view
-    if two_views:
+    clean_features = None
+    if method.needs_clean_features:
         if clean_transform is None:
-            raise DplbenchError(f"method {method.name!r} needs a clean teacher view: pass clean_transform to train()")
-        transform = TwoViews(transform, clean_transform)
+            raise DplbenchError(f"method {method.name!r} needs the clean training-image features: pass "
+                                "clean_transform (the evaluation transform) to train()")
+        clean_features = frozen_image_features(method.backbone, splits, splits.train, clean_transform,
+                                               list(clean_transform_desc), split="train", cache=cache,
+                                               num_workers=settings.num_workers)
     params = method.trainable_parameters()
     if not params:
         raise DplbenchError(f"method {method.name!r} has no trainable parameters")
@@ -120,18 +125,16 @@ def train(method: PromptMethod, splits: Any, settings: TrainSettings, *, transfo
             group["lr"] = lr
         seed_everything(derive_seed(settings.seed, "epoch", epoch))
         loader = make_loader(splits, items, transform, settings.batch_size, shuffle=True, drop_last=True,
-                             num_workers=settings.num_workers, seed=derive_seed(settings.seed, "loader", epoch))
+                             num_workers=settings.num_workers, seed=derive_seed(settings.seed, "loader", epoch),
+                             return_index=clean_features is not None)
         method.train()
         sums: dict[str, float] = {}
         steps = 0
-        for step, (images, labels) in enumerate(loader):
-            teacher = None
-            if two_views:
-                images, teacher = images
-                teacher = teacher.to(backbone.device, non_blocking=True)
+        for step, (images, labels, *index) in enumerate(loader):
+            clean = clean_features[index[0]].to(backbone.device, non_blocking=True) if index else None
             images = images.to(backbone.device, non_blocking=True)
             labels = labels.to(backbone.device, non_blocking=True)
-            state = StepState(epoch, settings.epochs, step, len(loader), teacher_images=teacher)
+            state = StepState(epoch, settings.epochs, step, len(loader), clean_features=clean)
             with backbone.autocast():
                 terms = method.training_step(images, labels, state)
             loss = terms["loss"]
