@@ -34,7 +34,7 @@ from dplbench.dropout.perturb import MODES
 from dplbench.engine.method import StepState, register_method
 from dplbench.engine.recipes import Recipe
 from dplbench.errors import ConfigError
-from methods.ivlp import BATCH, IVLP, LR, IVLPOptions
+from methods.ivlp import BATCH, LR, IVLPOptions
 from methods.promptsrc import FEW_SHOT_NARROW_GPA, PromptSRC, kl_to_frozen, l1_consistency
 
 BRANCHES = ("vision", "text")

@@ -278,6 +278,17 @@ def test_imbalance_ranks_by_count_with_first_appearance_ties(tmp_path):
     assert imbalance(ds, 10, seed=3).train == out.train
     assert imbalance(ds, 10, seed=3, cache_dir=tmp_path).train == out.train
     assert set(imbalance(ds, 10, seed=4).train) != set(out.train)
+    # a stored subset is validated like a few-shot file: header, entries, JSON
+    path.write_text(json.dumps({**data, "seed": 5}))
+    with pytest.raises(DataNotFoundError, match=r"invalid long-tail subset file .*: seed is 5, expected 3; "
+                                                r"delete it to draw the subset again"):
+        imbalance(ds, 10, seed=3, cache_dir=tmp_path)
+    path.write_text(json.dumps({**data, "train": data["train"] + [["c0/not_there.jpg", 0, "class_0"]]}))
+    with pytest.raises(DataNotFoundError, match="train entry .*not_there.* is not in the source train split"):
+        imbalance(ds, 10, seed=3, cache_dir=tmp_path)
+    path.write_text(json.dumps({k: v for k, v in data.items() if k != "train"}))
+    with pytest.raises(DataNotFoundError, match="expected a dplbench-longtail/1 object with a 'train' list"):
+        imbalance(ds, 10, seed=3, cache_dir=tmp_path)
 
 
 def test_imbalance_uses_a_seeded_numpy_shuffle_in_label_order():

@@ -14,14 +14,13 @@ entries sorted by (label, impath); sha256 of the source split). Existing files a
 
 from __future__ import annotations
 
-import json
 import pickle
 import random
 from pathlib import Path
 from typing import Any
 
 from dplbench.data.base import DatasetSplits, Datum
-from dplbench.data.layout import write_json_atomic
+from dplbench.data.layout import read_index_file, write_json_atomic
 from dplbench.errors import DataNotFoundError
 
 FEWSHOT_FORMAT = "dplbench-fewshot/1"
@@ -102,34 +101,9 @@ def write_fewshot(path: str | Path, splits: DatasetSplits, shots: int, seed: int
 def read_fewshot(path: str | Path, splits: DatasetSplits, expected: dict[str, Any] | None = None
                  ) -> tuple[list[Datum], list[Datum]]:
     """Read a few-shot file, check its header against ``expected`` and its entries against ``splits``."""
-    path = Path(path)
-
-    def bad(reason: str) -> DataNotFoundError:
-        return DataNotFoundError(f"{splits.name}: invalid few-shot file {path}: {reason}; "
-                                 "delete it to sample again")
-
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except ValueError as exc:
-        raise bad(f"not valid JSON ({exc})") from None
-    if not (isinstance(data, dict) and data.get("format") == FEWSHOT_FORMAT
-            and isinstance(data.get("train"), list) and isinstance(data.get("val"), list)):
-        raise bad(f"expected a {FEWSHOT_FORMAT} object with 'train' and 'val' lists")
-    for key, value in (expected or {}).items():
-        if data.get(key) != value:
-            raise bad(f"{key} is {data.get(key)!r}, expected {value!r}")
-    out = []
-    for split in ("train", "val"):
-        known = {d.impath: d for d in splits.split(split)}
-        items = []
-        for entry in data[split]:
-            d = known.get(entry[0]) if isinstance(entry, list) and len(entry) == 3 else None
-            if d is None or d.as_triple() != entry:
-                raise bad(f"{split} entry {json.dumps(entry)[:80]} is not in the source {split} split")
-            items.append(d)
-        out.append(items)
-    return out[0], out[1]
+    subsets = read_index_file(path, splits, {"format": FEWSHOT_FORMAT, **(expected or {})}, ("train", "val"),
+                              kind="few-shot", redo="sample again")
+    return subsets["train"], subsets["val"]
 
 
 # -- Dassl pickle import ------------------------------------------------------------------------------------

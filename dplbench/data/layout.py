@@ -1,4 +1,5 @@
-"""On-disk helpers shared by the dataset loaders: one-line layout errors, text files, cached folder listings."""
+"""On-disk helpers shared by the dataset loaders: one-line layout errors, text files, cached folder listings, and
+the JSON index files of sampled subsets (few-shot, long-tail)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from dplbench.data.info import DatasetInfo
 from dplbench.errors import DataNotFoundError
@@ -125,3 +127,41 @@ def write_json_atomic(path: Path, payload: object, indent: int | None = 1) -> No
         except OSError:
             pass
         raise
+
+
+def read_index_file(path: Path, splits: Any, header: Mapping[str, Any], lists: Sequence[str], *, kind: str,
+                    redo: str) -> dict[str, list[Any]]:
+    """The subsets stored in a JSON index file (written with `write_json_atomic`): every key of ``header``
+    (``format`` included) must match, and each list named in ``lists`` must hold ``[impath, label, classname]``
+    triples of the same-named split of ``splits``, returned as that split's `Datum` objects. Any mismatch raises
+    one `DataNotFoundError` naming the ``kind`` of file, its path and how to recover (delete it to ``redo``)."""
+    path = Path(path)
+
+    def bad(reason: str) -> DataNotFoundError:
+        return DataNotFoundError(f"{splits.name}: invalid {kind} file {path}: {reason}; delete it to {redo}")
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except ValueError as exc:
+        raise bad(f"not valid JSON ({exc})") from None
+    fmt = header["format"]
+    if not (isinstance(data, dict) and data.get("format") == fmt
+            and all(isinstance(data.get(name), list) for name in lists)):
+        names = " and ".join(repr(name) for name in lists)
+        raise bad(f"expected a {fmt} object with a {names} list" if len(lists) == 1
+                  else f"expected a {fmt} object with {names} lists")
+    for key, value in header.items():
+        if data.get(key) != value:
+            raise bad(f"{key} is {data.get(key)!r}, expected {value!r}")
+    out: dict[str, list[Any]] = {}
+    for split in lists:
+        known = {d.impath: d for d in splits.split(split)}
+        items = []
+        for entry in data[split]:
+            d = known.get(entry[0]) if isinstance(entry, list) and len(entry) == 3 else None
+            if d is None or d.as_triple() != entry:
+                raise bad(f"{split} entry {json.dumps(entry)[:80]} is not in the source {split} split")
+            items.append(d)
+        out[split] = items
+    return out

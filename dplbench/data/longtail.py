@@ -6,18 +6,16 @@ protocols.md 5.5. Buckets by *training* count per class: many > 100, medium 20..
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from dplbench.data.base import DatasetSplits, Datum, prompt_classname
 from dplbench.data.info import DatasetInfo
-from dplbench.data.layout import dataset_dir, fail, read_lines, read_wnid_classnames, require, write_json_atomic
-from dplbench.errors import DataNotFoundError
+from dplbench.data.layout import (dataset_dir, fail, read_index_file, read_lines, read_wnid_classnames, require,
+                                  write_json_atomic)
 
 BUCKETS = ("many", "medium", "few")
 MANY_ABOVE = 100   # many: count > 100
@@ -189,7 +187,8 @@ def imbalance(splits: DatasetSplits, ratio: float, seed: int, rounding: str = "c
     header = {"format": LONGTAIL_FORMAT, "dataset": splits.name, "subset": splits.meta.get("subset", "all"),
               "ratio": ratio, "rounding": rounding, "cap": cap, "seed": seed, "source_split": splits.source_digest()}
     if path is not None and path.exists():
-        train = _load_longtail(path, header, splits)
+        train = read_index_file(path, splits, header, ("train",), kind="long-tail subset",
+                                redo="draw the subset again")["train"]
     else:
         ranked = _rank_labels(splits.train, cap)
         targets = imbalance_counts(ranked[0][1], len(ranked), ratio, rounding) if ranked else []
@@ -211,26 +210,3 @@ def imbalance(splits: DatasetSplits, ratio: float, seed: int, rounding: str = "c
     return splits.replace(train=train, meta=meta)
 
 
-def _load_longtail(path: Path, header: dict[str, Any], splits: DatasetSplits) -> list[Datum]:
-    def bad(reason: str) -> DataNotFoundError:
-        return DataNotFoundError(f"{splits.name}: invalid long-tail subset file {path}: {reason}; "
-                                 "delete it to draw the subset again")
-
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except ValueError as exc:
-        raise bad(f"not valid JSON ({exc})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("train"), list):
-        raise bad(f"expected a {LONGTAIL_FORMAT} object with a 'train' list")
-    for key, value in header.items():
-        if data.get(key) != value:
-            raise bad(f"{key} is {data.get(key)!r}, expected {value!r}")
-    known = {d.impath: d for d in splits.train}
-    out = []
-    for entry in data["train"]:
-        d = known.get(entry[0]) if isinstance(entry, list) and len(entry) == 3 else None
-        if d is None or d.as_triple() != entry:
-            raise bad(f"entry {json.dumps(entry)[:80]} is not in the training split")
-        out.append(d)
-    return out
