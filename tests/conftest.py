@@ -1,9 +1,10 @@
-"""Shared fixtures: one Ray instance per test session (2 CPUs) and one pre-migrated MLflow SQLite DB, copied per
-test (creating a fresh DB runs the schema migrations, several seconds each time). Both are lazy: only tests that
-ask for them pay for them."""
+"""Shared fixtures: one Ray instance per test session (2 CPUs), one pre-migrated MLflow SQLite DB copied per test
+(creating a fresh DB runs the schema migrations, several seconds each time), and the random-init open_clip models
+the backbone, method and engine tests run on. All are lazy: only tests that ask for them pay for them."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -59,3 +60,56 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def register_tiny_clip(tmp_path_factory):
+    """``register(layers)`` -> the name of a tiny open_clip config (32 px ViT with patch 8, width 64; text width 32,
+    the standard tokenizer; QuickGELU) with ``layers`` blocks per tower, registered with open_clip once."""
+    import open_clip
+
+    folder = tmp_path_factory.mktemp("tiny-clip-configs")
+
+    def register(layers: int) -> str:
+        name = f"dplbench-tiny-{layers}l"
+        path = folder / f"{name}.json"
+        if not path.exists():
+            path.write_text(json.dumps({
+                "embed_dim": 32, "quick_gelu": True,
+                "vision_cfg": {"image_size": 32, "layers": layers, "width": 64, "head_width": 32, "patch_size": 8},
+                "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": layers}}))
+            open_clip.add_model_config(path)
+        return name
+
+    return register
+
+
+@pytest.fixture(scope="module")
+def tiny_config(register_tiny_clip) -> str:
+    """The 2-layer tiny open_clip config most method and engine tests use."""
+    return register_tiny_clip(2)
+
+
+@pytest.fixture(scope="module")
+def tiny_backbone(tiny_config):
+    import open_clip
+    import torch
+
+    from dplbench.backbone import Backbone
+
+    torch.manual_seed(0)
+    model = open_clip.create_model(tiny_config, pretrained=None)
+    return Backbone.from_model(model, name=tiny_config, precision="fp32", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def vitb16():
+    """A random-init ViT-B/16 (QuickGELU, as OpenAI's weights need): real shapes and parameter counts."""
+    import open_clip
+    import torch
+
+    from dplbench.backbone import Backbone
+
+    torch.manual_seed(0)
+    model = open_clip.create_model("ViT-B-16", pretrained=None, force_quick_gelu=True)
+    return Backbone.from_model(model, name="ViT-B-16", precision="fp32", device="cpu")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
@@ -14,19 +13,12 @@ from dplbench.backbone import Backbone, BackboneConfig, create_backbone, splice_
 from dplbench.backbone import loading, towers  # noqa: E402
 from dplbench.errors import ConfigError, DplbenchError, UnknownNameError, WeightsNotFoundError  # noqa: E402
 
-TINY = "dplbench-backbone-test"
-TINY_CFG = {"embed_dim": 32, "quick_gelu": True,
-            "vision_cfg": {"image_size": 32, "layers": 3, "width": 64, "head_width": 32, "patch_size": 8},
-            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 3}}
 TEXTS = ["a photo of a cat.", "X X X X dog.", "a photo of a very large red fire truck on a street."]
 
 
 @pytest.fixture(scope="module")
-def tiny_name(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("cfg") / f"{TINY}.json"
-    path.write_text(json.dumps(TINY_CFG))
-    open_clip.add_model_config(path)
-    return TINY
+def tiny_name(register_tiny_clip) -> str:
+    return register_tiny_clip(3)  # 3 blocks per tower: prompt depths 1, 2 and 3 are all distinguishable
 
 
 def _tiny_model(name: str, seed: int = 0):
@@ -37,13 +29,6 @@ def _tiny_model(name: str, seed: int = 0):
 @pytest.fixture(scope="module")
 def tiny(tiny_name) -> Backbone:
     return Backbone.from_model(_tiny_model(tiny_name), name=tiny_name, precision="fp32", device="cpu")
-
-
-@pytest.fixture(scope="module")
-def vitb16() -> Backbone:
-    torch.manual_seed(0)
-    model = open_clip.create_model("ViT-B-16", pretrained=None, force_quick_gelu=True)
-    return Backbone.from_model(model, name="ViT-B-16", pretrained=None, precision="fp32", device="cpu")
 
 
 def _images(backbone: Backbone, n: int = 2, seed: int = 0) -> torch.Tensor:
@@ -270,7 +255,7 @@ def test_cached_weights_are_found_in_flat_and_hub_layouts(tmp_path):
     assert found.name == "open_clip_model.safetensors" and found.is_file()
 
 
-def test_openai_tag_forces_quick_gelu_and_openai_normalisation(tmp_path, monkeypatch, vitb16):
+def test_openai_tag_forces_quick_gelu_and_openai_normalisation(tmp_path, monkeypatch, vitb16, tiny_name):
     (tmp_path / "ViT-B-16.pt").write_bytes(b"x")
     seen = {}
 
@@ -288,7 +273,7 @@ def test_openai_tag_forces_quick_gelu_and_openai_normalisation(tmp_path, monkeyp
     # a model that is not QuickGELU is refused for OpenAI weights
     from open_clip.model import CLIP
 
-    gelu = CLIP(**dict(TINY_CFG, quick_gelu=False))
+    gelu = CLIP(**dict(open_clip.get_model_config(tiny_name), quick_gelu=False))
     monkeypatch.setattr(open_clip, "create_model", lambda name, **kw: gelu)
     with pytest.raises(DplbenchError, match="QuickGELU"):
         create_backbone(BackboneConfig(name="ViT-B-16", pretrained="openai", cache_dir=str(tmp_path)), "cpu")

@@ -282,17 +282,13 @@ from dplbench.errors import ConfigError  # noqa: E402
 from methods.drople import DroPLe, DropleOptions  # noqa: E402
 from methods.ivlp import IVLP, IVLPOptions  # noqa: E402
 
-from test_methods import tiny_config, vitb16  # noqa: E402,F401  (shared tiny config and random ViT-B-16)
 CLASSES = ["cat", "dog", "red fire truck"]
 STEP = StepState(epoch=1, num_epochs=4, step=0, steps_per_epoch=1)
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_config) -> Backbone:
-    torch.manual_seed(0)
-    return Backbone.from_model(open_clip.create_model(tiny_config, pretrained=None), name=tiny_config,
-                               precision="fp32",
-                               device="cpu")
+def tiny(tiny_backbone) -> Backbone:
+    return tiny_backbone
 
 
 def _drople(backbone, seed=1, classes=CLASSES, **options) -> DroPLe:

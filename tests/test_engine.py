@@ -17,8 +17,7 @@ from dplbench.engine.schedule import lr_schedule
 from dplbench.engine.seeding import derive_seed, seed_everything
 from dplbench.errors import ConfigError
 
-from test_methods import (  # noqa: F401  (fixtures)
-    SYNTH_NAMES, _synth_template, make_method, synth_splits, tiny_backbone, tiny_config)
+from test_methods import _synth_template, make_method, synth_splits  # noqa: F401  (_synth_template: a fixture)
 
 
 # -- schedule (methods.md §3.2) ------------------------------------------------------------------------------
@@ -274,7 +273,6 @@ def test_unit_kind_is_validated(tmp_path):
                            seed=1, shots=None, targets=(), options={})
     with pytest.raises(ConfigError, match="unknown unit kind"):
         execute_unit(unit, {"run": {"output_dir": str(tmp_path)}})
-    assert SYNTH_NAMES  # the shared synthetic dataset is importable from here
 
 
 @pytest.mark.parametrize("precision, dtype", [("fp16_faithful", torch.float16), ("amp_fp16", torch.float32),

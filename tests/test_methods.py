@@ -6,7 +6,6 @@ Also the shared fixtures of tests/test_engine.py: ``tiny_backbone``, ``synth_spl
 
 from __future__ import annotations
 
-import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,15 +15,10 @@ import torch.nn.functional as F
 
 open_clip = pytest.importorskip("open_clip")
 
-from dplbench.backbone import Backbone  # noqa: E402
 from dplbench.data.base import DatasetSplits, Datum  # noqa: E402
 from dplbench.engine.method import MethodContext  # noqa: E402
 from dplbench.errors import ConfigError  # noqa: E402
 
-TINY = "dplbench-methods-test"
-TINY_CFG = {"embed_dim": 32, "quick_gelu": True,
-            "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
-            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}}
 SYNTH = "synth_colours"
 SYNTH_NAMES = ["red thing", "green thing", "blue thing", "yellow thing", "cyan thing", "magenta thing"]
 _COLOURS = [(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0), (0, 1, 1), (1, 0, 1)]
@@ -51,21 +45,6 @@ def synth_splits(name: str = SYNTH, train_per_class: int = 4, test_per_class: in
 
     return SynthSplits(name, SYNTH_NAMES, items("train", train_per_class), items("val", 1),
                        items("test", test_per_class))
-
-
-@pytest.fixture(scope="module")
-def tiny_config(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("cfg") / f"{TINY}.json"
-    path.write_text(json.dumps(TINY_CFG))
-    open_clip.add_model_config(path)
-    return TINY
-
-
-@pytest.fixture(scope="module")
-def tiny_backbone(tiny_config) -> Backbone:
-    torch.manual_seed(0)
-    model = open_clip.create_model(tiny_config, pretrained=None)
-    return Backbone.from_model(model, name=tiny_config, precision="fp32", device="cpu")
 
 
 @pytest.fixture(autouse=True)
@@ -297,13 +276,6 @@ def test_promptsrc_gpa_loads_weighted_prompts(tiny_backbone):
 
 
 # -- parameter counts on ViT-B/16 (methods.md §8) ------------------------------------------------------------
-@pytest.fixture(scope="module")
-def vitb16() -> Backbone:
-    torch.manual_seed(0)
-    model = open_clip.create_model("ViT-B-16", pretrained=None, force_quick_gelu=True)
-    return Backbone.from_model(model, name="ViT-B-16", precision="fp32", device="cpu")
-
-
 def test_parameter_counts_vit_b16(vitb16):
     counts = {
         "coop M=4": make_method("coop", vitb16).num_trainable(),
