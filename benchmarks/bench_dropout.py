@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dplbench.backbone import Backbone  # noqa: E402
 from dplbench.engine.method import MethodContext, StepState  # noqa: E402
-from dplbench.engine.trainer import TrainSettings, build_optimizer  # noqa: E402
+from dplbench.engine.trainer import TrainSettings, build_optimizer, grad_scaler, optimizer_step  # noqa: E402
 from methods.drople import DroPLe, DropleOptions  # noqa: E402
 from methods.ivlp import IVLP, IVLPOptions  # noqa: E402
 from methods.promptsrc import PromptSRC, PromptSRCOptions  # noqa: E402
@@ -78,6 +78,7 @@ class Runner:
         self.method = cls(backbone, CLASSNAMES[:classes], "toy_shapes", options, MethodContext(num_epochs=20))
         self.optimizer = build_optimizer(self.method.trainable_parameters(),
                                          TrainSettings(epochs=20, lr=0.0025, batch_size=batch))
+        self.scaler = grad_scaler(backbone)
         self.classes, self.batch = classes, batch
         self.gen = torch.Generator().manual_seed(0)
         self.times: list[float] = []
@@ -96,8 +97,7 @@ class Runner:
         with self.backbone.autocast():
             loss = self.method.training_step(images, labels, StepState(5, 20, index, 1000, clean_features=clean))["loss"]
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        optimizer_step(loss, self.optimizer, self.scaler)
         _sync(device)
         if record:
             self.times.append(time.perf_counter() - start)

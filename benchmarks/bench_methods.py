@@ -25,7 +25,7 @@ from dplbench.backbone import create_backbone  # noqa: E402
 from dplbench.catalog import METHODS  # noqa: E402
 from dplbench.engine.method import MethodContext, StepState  # noqa: E402
 from dplbench.engine.recipes import build_options  # noqa: E402
-from dplbench.engine.trainer import TrainSettings, build_optimizer  # noqa: E402
+from dplbench.engine.trainer import TrainSettings, build_optimizer, grad_scaler, optimizer_step  # noqa: E402
 
 METHODS_TO_RUN = ("zsclip", "coop", "kgcoop", "ivlp", "promptsrc")
 SHOTS = 16
@@ -60,7 +60,7 @@ def bench_method(name: str, backbone, classnames: list[str], steps: int, max_bat
         images = torch.randn(batch, 3, size, size, generator=gen).to(device)
         labels = torch.randint(0, len(classnames), (batch,), generator=gen).to(device)
         opt = build_optimizer(method.trainable_parameters(), TrainSettings(epochs=1, lr=recipe.lr, batch_size=batch))
-        scaler = torch.amp.GradScaler(device.type) if backbone.needs_grad_scaler else None
+        scaler = grad_scaler(backbone)
         method.train()
         times = []
         for step in range(steps + 1):  # the first step is a warm-up
@@ -69,13 +69,7 @@ def bench_method(name: str, backbone, classnames: list[str], steps: int, max_bat
             with backbone.autocast():
                 loss = method.training_step(images, labels, StepState(0, 1, step, steps + 1))["loss"]
             opt.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-            else:
-                loss.backward()
-                opt.step()
+            optimizer_step(loss, opt, scaler)
             _sync(device)
             times.append(time.perf_counter() - t0)
         per_step = sum(times[1:]) / max(len(times) - 1, 1)

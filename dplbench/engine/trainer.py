@@ -68,6 +68,22 @@ def _fingerprint(method: PromptMethod, settings: TrainSettings, num_items: int) 
             "classnames": list(method.classnames), "num_train": num_items}
 
 
+def grad_scaler(backbone: Any) -> torch.amp.GradScaler | None:
+    """A loss scaler for the precision modes that need one (fp16 autocast), else None."""
+    return torch.amp.GradScaler(backbone.device.type) if backbone.needs_grad_scaler else None
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+    """Backward and one optimizer step, through the loss scaler when there is one (gradients must be zeroed)."""
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+        return
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+
 def _to_float(v: Any) -> float:
     return float(v.detach().float()) if isinstance(v, torch.Tensor) else float(v)
 
@@ -102,7 +118,7 @@ def train(method: PromptMethod, splits: Any, settings: TrainSettings, *, transfo
     method.context.num_epochs = settings.epochs
     backbone = method.backbone
     optimizer = build_optimizer(params, settings)
-    scaler = torch.amp.GradScaler(backbone.device.type) if backbone.needs_grad_scaler else None
+    scaler = grad_scaler(backbone)
     items = splits.train
     fingerprint = _fingerprint(method, settings, len(items))
     history: list[dict[str, Any]] = []
@@ -144,13 +160,7 @@ def train(method: PromptMethod, splits: Any, settings: TrainSettings, *, transfo
                     f"step {step + 1} (lr {lr:g}, precision {backbone.precision}); try a lower train.lr or "
                     "backbone.precision=fp32")
             optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
+            optimizer_step(loss, optimizer, scaler)
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + _to_float(value)
             steps += 1
