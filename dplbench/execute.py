@@ -277,7 +277,7 @@ class _UnitRun:
 
     def run_transfer(self) -> dict[str, float]:
         from dplbench.engine.cache import cache_key
-        from dplbench.engine.trainer import _atomic_torch_save
+        from dplbench.fileio import atomic_torch_save
 
         source = self.fewshot(self.load(self.unit.dataset), self.unit.shots)
         method = self.build_method(source.classnames, source.name)
@@ -290,7 +290,7 @@ class _UnitRun:
                 state = self._read_source(path, key) if path.is_file() else None
                 if state is None:
                     self.train(method, source, key)
-                    _atomic_torch_save({"format": SOURCE_FORMAT, "key": key, "learned": method.learned_state(),
+                    atomic_torch_save({"format": SOURCE_FORMAT, "key": key, "learned": method.learned_state(),
                                         "history": self.history, "train_seconds": self.train_seconds,
                                         "faithfulness": self.method_faithfulness}, path)
                     self.extra["source_model"] = {"path": str(path), "shared": False}

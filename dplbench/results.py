@@ -9,11 +9,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from dplbench.fileio import atomic_write_text
 
 RESULT_FORMAT = "dplbench-result/1"
 REQUIRED_KEYS = ("format", "status", "unit", "config_hash", "metrics")
@@ -30,22 +30,6 @@ def canonical_json(obj: Any) -> str:
 def config_hash(config: Mapping[str, Any]) -> str:
     """Stable 16-hex-digit hash of a (JSON-serialisable) configuration mapping."""
     return hashlib.sha256(canonical_json(config).encode()).hexdigest()[:16]
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _checksum(record: Mapping[str, Any]) -> str:

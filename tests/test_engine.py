@@ -137,7 +137,7 @@ def test_cached_text_features_equal_fresh_and_survive_corruption(tiny_backbone, 
     again = frozen_text_features(tiny_backbone, names, templates, disk)
     assert disk.hits == 1 and torch.equal(again, first)
     files = list(tmp_path.rglob("*.pt"))
-    assert len(files) == 1 and not list(tmp_path.rglob(".tmp-*"))
+    assert len(files) == 1 and not list(tmp_path.rglob("*.tmp"))
     files[0].write_bytes(b"garbage")
     healed = FeatureCache(tmp_path)
     assert torch.allclose(frozen_text_features(tiny_backbone, names, templates, healed), fresh, atol=1e-6)

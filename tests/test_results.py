@@ -4,7 +4,8 @@ import threading
 
 import pytest
 
-from dplbench.results import (CorruptResultError, ResultStore, atomic_write_text, config_hash, read_result)
+from dplbench.fileio import atomic_open, atomic_torch_save, atomic_write_text
+from dplbench.results import CorruptResultError, ResultStore, config_hash, read_result
 
 UNIT = {"protocol": "base2novel", "method": "coop", "dataset": "toy_shapes", "seed": 1, "shots": 16,
         "overrides": {}}
@@ -73,6 +74,21 @@ def test_atomic_write_leaves_no_partial_file_on_failure(tmp_path, monkeypatch):
         atomic_write_text(target, "new content")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_an_error_while_writing_keeps_the_old_file_and_no_temporary(tmp_path):
+    torch = pytest.importorskip("torch")
+    target = tmp_path / "state.pt"
+    atomic_torch_save({"epoch": 1}, target)
+    with pytest.raises(RuntimeError, match="killed"):
+        with atomic_open(target, "wb") as handle:
+            handle.write(b"half a checkpoint")
+            raise RuntimeError("killed")
+    assert torch.load(target, weights_only=True) == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]
+    with pytest.raises(ValueError, match="mode"):
+        with atomic_open(target, "a"):
+            pass
 
 
 def test_concurrent_writers_never_expose_partial_content(tmp_path):

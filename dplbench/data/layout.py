@@ -6,12 +6,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from dplbench.data.info import DatasetInfo
+from dplbench.fileio import atomic_open
 from dplbench.errors import DataNotFoundError
 
 CACHE_ENV = "DPLBENCH_CACHE"
@@ -113,20 +113,9 @@ def cached_class_tree(top: Path, tag: str = "listing") -> dict[str, list[str]]:
 
 
 def write_json_atomic(path: Path, payload: object, indent: int | None = 1) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=indent, separators=(",", ":") if indent is None else None)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_open(path, "w") as fh:
+        json.dump(payload, fh, indent=indent, separators=(",", ":") if indent is None else None)
+        fh.write("\n")
 
 
 def read_index_file(path: Path, splits: Any, header: Mapping[str, Any], lists: Sequence[str], *, kind: str,

@@ -13,13 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from dplbench.fileio import atomic_torch_save
 
 FORMAT = "dplbench-feature-cache/1"
 
@@ -108,16 +109,8 @@ class FeatureCache:
             self._memory[key] = tensor
         if self.root is None:
             return
-        path = self.path(kind, key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pt")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                torch.save({"format": FORMAT, "key": canonical_json({"kind": kind, **parts}), "tensor": tensor}, fh)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_torch_save({"format": FORMAT, "key": canonical_json({"kind": kind, **parts}), "tensor": tensor},
+                          self.path(kind, key))
 
     def get_or_compute(self, kind: str, parts: Mapping[str, Any], compute: Callable[[], torch.Tensor],
                        memory: bool = True) -> torch.Tensor:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -27,6 +26,7 @@ from dplbench.engine.method import FROZEN_IMAGE_TOWER, TRAINABLE, PromptMethod, 
 from dplbench.engine.schedule import lr_at_epoch
 from dplbench.engine.seeding import derive_seed, seed_everything
 from dplbench.errors import DplbenchError
+from dplbench.fileio import atomic_torch_save
 
 CHECKPOINT_FORMAT = "dplbench-train-checkpoint/1"
 
@@ -49,18 +49,6 @@ class TrainSettings:
 def build_optimizer(params: Sequence[torch.nn.Parameter], settings: TrainSettings) -> torch.optim.SGD:
     return torch.optim.SGD(list(params), lr=settings.lr, momentum=settings.momentum,
                            weight_decay=settings.weight_decay, dampening=0, nesterov=False)
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pt")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _fingerprint(method: PromptMethod, settings: TrainSettings, num_items: int) -> dict[str, Any]:
@@ -169,7 +157,7 @@ def train(method: PromptMethod, splits: Any, settings: TrainSettings, *, transfo
                   "steps": steps, "seconds": time.perf_counter() - t0}
         history.append(record)
         if ckpt is not None:
-            _atomic_torch_save({"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "epoch": epoch + 1,
+            atomic_torch_save({"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "epoch": epoch + 1,
                                 "method": method.resume_state(), "optimizer": optimizer.state_dict(),
                                 "scaler": scaler.state_dict() if scaler is not None else None,
                                 "history": history}, ckpt)

@@ -22,7 +22,7 @@ from typing import Any
 
 from dplbench.errors import DplbenchError
 from dplbench.orchestrate import preflight
-from dplbench.results import atomic_write_text
+from dplbench.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,8 @@ import yaml
 
 from dplbench.errors import ConfigError, UnknownNameError
 from dplbench.orchestrate import tracking as tracking_mod
-from dplbench.results import ResultStore, atomic_write_text
+from dplbench.fileio import atomic_write_text
+from dplbench.results import ResultStore
 
 SEARCHES = ("grid", "optuna")
 SAMPLERS = ("tpe", "random")

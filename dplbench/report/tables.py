@@ -21,7 +21,8 @@ from dplbench.errors import DplbenchError, UnknownNameError
 from dplbench.report.aggregation import AVERAGE, TRANSFER_LAYOUTS, aggregate, resolve_layout
 from dplbench.report.reference import (AVERAGE_MEMBERS, COMPARABLE_METHODS, DATASET_NAMES, NOT_COMPARABLE_NOTES,
                                        PUBLISHED_SHOTS, ReferenceNumbers, dataset_display, load_reference)
-from dplbench.results import ResultStore, atomic_write_text
+from dplbench.fileio import atomic_write_text
+from dplbench.results import ResultStore
 
 FORMATS = ("md", "tex", "csv")
 DAGGER = "†"

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from dplbench.data.base import DatasetSplits, Datum
+from dplbench.fileio import atomic_open
 from dplbench.toy.world import COLOR_NAMES, DOWNSTREAM, PATTERNS, SHAPES, STYLE_VARIANTS
 
 RENDER_VERSION = 1
@@ -142,10 +143,8 @@ def cache_root() -> Path:
 
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
+    with atomic_open(path, "wb") as fh:
         np.save(fh, array)
-    os.replace(tmp, path)
 
 
 def load_arrays(spec: ToySpec, split: str, cache: Path | None = None) -> tuple[np.ndarray, np.ndarray]:

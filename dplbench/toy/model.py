@@ -10,13 +10,13 @@ of tokens the toy world's captions and templates use are trained; the others are
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from dplbench.errors import WeightsNotFoundError
+from dplbench.fileio import atomic_torch_save
 
 CHECKPOINT_FORMAT = "dplbench-toy-clip/1"
 DEFAULT_CHECKPOINT = Path(__file__).with_name("assets") / "toy_clip.pt"
@@ -102,11 +102,7 @@ def checkpoint_state(model: nn.Module, token_rows: torch.Tensor, meta: dict | No
 
 
 def save_checkpoint(payload: dict, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save(payload, path)
 
 
 def load_toy_clip(checkpoint: str | Path | None = None, device: str | torch.device = "cpu") -> nn.Module:

@@ -1,0 +1,46 @@
+"""Atomic file writes: every file dplbench writes (results, caches, checkpoints, index files) appears whole or not
+at all, so a killed run never leaves a truncated file behind."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+
+@contextmanager
+def atomic_open(path: str | Path, mode: str = "w", *, fsync: bool = False) -> Iterator[IO]:
+    """A handle on a temporary file in ``path``'s folder that replaces ``path`` in one rename when the block ends
+    without an error (the temporary file is removed otherwise). ``fsync=True`` also flushes it to disk first."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open writes whole files: mode 'w' or 'wb', got {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as handle:
+            yield handle
+            if fsync:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically and durably (fsync before the rename)."""
+    with atomic_open(path, "w", fsync=True) as handle:
+        handle.write(text)
+
+
+def atomic_torch_save(obj: object, path: str | Path) -> None:
+    """``torch.save`` to ``path`` atomically (checkpoints, feature caches)."""
+    import torch
+
+    with atomic_open(path, "wb") as handle:
+        torch.save(obj, handle)
