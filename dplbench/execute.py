@@ -17,31 +17,17 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from dplbench.report.reference import harmonic_mean
+from dplbench.units import to_plain
+
 KINDS = ("base2novel", "transfer", "few_shot", "long_tail_lift", "long_tail_b2n")
 SOURCE_FORMAT = "dplbench-source-model/1"
 BACKBONE_INIT_SEED = 0
 DEFAULT_IMBALANCE = {"ratio": 10, "rounding": "ceil", "cap": None}
 
 
-def _plain(cfg: Any) -> dict[str, Any]:
-    """The resolved config as nested plain dicts (accepts an OmegaConf DictConfig or a mapping)."""
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(cfg, DictConfig):
-            return OmegaConf.to_container(cfg, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
-    return {k: (_plain(v) if isinstance(v, Mapping) else v) for k, v in dict(cfg or {}).items()}
-
-
 def _section(cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
     return dict(cfg.get(name) or {})
-
-
-def hm(base: float, novel: float) -> float:
-    """Harmonic mean of base and novel accuracy (0 when both are 0)."""
-    return 0.0 if base + novel == 0 else 2 * base * novel / (base + novel)
 
 
 @contextlib.contextmanager
@@ -90,7 +76,7 @@ class _UnitRun:
         if unit.kind not in KINDS:
             raise ConfigError(f"unknown unit kind {unit.kind!r}; valid kinds: {', '.join(KINDS)}")
         self.unit = unit
-        self.cfg = _plain(cfg)
+        self.cfg = to_plain(cfg or {})
         self.on_epoch = on_epoch
         train_cfg, run_cfg = _section(self.cfg, "train"), _section(self.cfg, "run")
         data_cfg = _section(self.cfg, "data")
@@ -118,7 +104,7 @@ class _UnitRun:
         self.recipe = resolve_recipe(recipe, self.method_cls.Options, epochs=train_cfg.get("epochs"),
                                      lr=train_cfg.get("lr"), batch_size=train_cfg.get("batch_size"),
                                      epoch_scale=train_cfg.get("epoch_scale"),
-                                     options=_plain(unit.options or {}), method=unit.method)
+                                     options=to_plain(unit.options or {}), method=unit.method)
         bb = self.backbone
         info = DATASETS.get(unit.dataset) if unit.dataset in DATASETS else None  # tests inject unregistered data
         crop_scale = tuple(data_cfg.get("crop_scale") or (info.crop_scale if info else DEFAULT_CROP_SCALE))
@@ -159,7 +145,7 @@ class _UnitRun:
                 params = PROTOCOLS.get(PROTOCOLS.canonical(self.unit.protocol)).params
             except Exception:  # an ad-hoc unit (tests, API use) without a registered protocol
                 params = {}
-        return _plain(params or {})
+        return to_plain(params or {})
 
     # -- method -------------------------------------------------------------------------------------------
     def build_method(self, classnames: list[str], dataset: str):
@@ -253,7 +239,7 @@ class _UnitRun:
         base_acc = self.accuracy(base)
         method.set_classnames(novel.classnames, novel.name)
         novel_acc = self.accuracy(novel)
-        return {"base": base_acc, "novel": novel_acc, "hm": hm(base_acc, novel_acc)}
+        return {"base": base_acc, "novel": novel_acc, "hm": harmonic_mean(base_acc, novel_acc)}
 
     def _imbalanced(self, splits: Any, ratio: float, rounding: str):
         from dplbench.data.longtail import imbalance

@@ -66,11 +66,14 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: value}
 
 
-def _container(node: Any) -> Any:
+def to_plain(node: Any) -> Any:
+    """OmegaConf nodes and nested mappings -> plain (resolved) dicts and lists; other values unchanged."""
     from omegaconf import DictConfig, ListConfig, OmegaConf
 
     if isinstance(node, (DictConfig, ListConfig)):
         return OmegaConf.to_container(node, resolve=True)
+    if isinstance(node, Mapping):
+        return {key: to_plain(value) for key, value in node.items()}
     return node
 
 
@@ -78,7 +81,7 @@ def _hashed_settings(cfg: Any) -> dict[str, dict[str, Any]]:
     """The result-relevant part of the backbone / data / train / run sections."""
     sections: dict[str, dict[str, Any]] = {}
     for section in HASHED_SECTIONS:
-        values = _container(cfg.get(section)) or {}
+        values = to_plain(cfg.get(section)) or {}
         kept = {k: v for k, v in values.items() if f"{section}.{k}" not in HASH_EXCLUDE}
         if kept:
             sections[section] = kept
@@ -118,11 +121,11 @@ def _datasets(cfg: Any, protocol: Any) -> tuple[list[str], list[str]]:
     from dplbench.catalog import DATASETS
 
     suite = protocol.suite(cfg.get("suite") or "toy")
-    datasets = list(_container(cfg.get("datasets")) or [])
+    datasets = list(to_plain(cfg.get("datasets")) or [])
     if protocol.is_transfer:
         source = cfg.get("source")
         sources = datasets or ([source] if source else [suite["source"]])
-        targets = list(_container(cfg.get("targets")) or []) or list(suite["targets"])
+        targets = list(to_plain(cfg.get("targets")) or []) or list(suite["targets"])
     else:
         sources, targets = datasets or list(suite["datasets"]), []
     sources = [DATASETS.canonical(d) for d in sources]
@@ -141,14 +144,14 @@ def expand_units(cfg: Any, *, extra_overrides: Mapping[str, Any] | None = None) 
     from dplbench.catalog import METHODS, PROTOCOLS
 
     protocol = PROTOCOLS.get(PROTOCOLS.canonical(cfg.protocol))
-    requested = list(_container(cfg.get("methods")) or [])
+    requested = list(to_plain(cfg.get("methods")) or [])
     methods = [METHODS.canonical(m) for m in requested] if requested else protocol.registered_methods()
     if not methods:
         raise ConfigError(f"protocol {protocol.name!r}: no methods selected (`dplbench ls methods` lists them)")
     datasets, targets = _datasets(cfg, protocol)
-    seeds = [int(s) for s in (_container(cfg.get("seeds")) or protocol.seeds)]
-    shots = [None if k is None else int(k) for k in (_container(cfg.get("shots")) or protocol.shots)]
-    options = _container(cfg.get("method")) or {}
+    seeds = [int(s) for s in (to_plain(cfg.get("seeds")) or protocol.seeds)]
+    shots = [None if k is None else int(k) for k in (to_plain(cfg.get("shots")) or protocol.shots)]
+    options = to_plain(cfg.get("method")) or {}
     settings = _hashed_settings(cfg)
     defaults = _default_settings()
     defaults = flatten(defaults)

@@ -36,8 +36,9 @@ from typing import Any
 import yaml
 
 from dplbench.errors import ConfigError, UnknownNameError
-from dplbench.orchestrate import tracking as tracking_mod
 from dplbench.fileio import atomic_write_text
+from dplbench.orchestrate import tracking as tracking_mod
+from dplbench.report.reference import harmonic_mean
 from dplbench.results import ResultStore
 
 SEARCHES = ("grid", "optuna")
@@ -203,10 +204,6 @@ def plan_sweep(cfg: Any) -> SweepPlan:
 
 
 # -- objective --------------------------------------------------------------------------------------------------
-def harmonic_mean(a: float, b: float) -> float:
-    return 0.0 if a + b == 0 else 2 * a * b / (a + b)
-
-
 def objective(records: Sequence[Mapping[str, Any]], metric: str) -> float | None:
     """The sweep metric over the done records of one configuration (None when none of them has it).
 
