@@ -207,3 +207,11 @@ def test_zero_shot_is_at_least_three_times_chance_on_every_toy_dataset(model, na
     acc = _zero_shot_accuracy(model, dataclasses.replace(spec, per_class=(0, 0, per_class), long_tail=False))
     chance = 1 / len(spec.classes)
     assert acc >= 3 * chance, (name, acc, chance)
+
+
+def test_toy_renders_live_under_dplbenchs_cache_folder(monkeypatch, tmp_path):
+    monkeypatch.delenv("DPLBENCH_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert toyds.cache_root() == tmp_path / "xdg" / "dplbench" / "toy" / toyds.version_key()
+    monkeypatch.setenv("DPLBENCH_CACHE", str(tmp_path / "mine"))
+    assert toyds.cache_root() == tmp_path / "mine" / "toy" / toyds.version_key()

@@ -1,7 +1,8 @@
 """Toy datasets: class definitions, split sizes and array-backed `DatasetSplits`.
 
 Each split is rendered once from fixed seeds and cached as ``.npy`` under
-``$DPLBENCH_CACHE/toy/<version>/<dataset>/`` (default ``~/.cache/dplbench``); ``<version>`` is a hash of the
+``<cache>/toy/<version>/<dataset>/`` (``<cache>``: ``$DPLBENCH_CACHE``, else ``$XDG_CACHE_HOME/dplbench``, else
+``~/.cache/dplbench``); ``<version>`` is a hash of the
 dataset definitions and the renderer version, so a change re-renders instead of reading stale images.
 Images are 32x32 RGB; a `Datum.impath` is ``"<split>/<index>"``.
 """
@@ -10,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from dplbench.data.base import DatasetSplits, Datum
+from dplbench.data.layout import cache_root as dplbench_cache_root
 from dplbench.fileio import atomic_open
 from dplbench.toy.world import COLOR_NAMES, DOWNSTREAM, PATTERNS, SHAPES, STYLE_VARIANTS
 
@@ -137,9 +138,8 @@ def version_key() -> str:
 
 
 def cache_root() -> Path:
-    base = os.environ.get("DPLBENCH_CACHE")
-    root = Path(base).expanduser() if base else Path.home() / ".cache" / "dplbench"
-    return root / "toy" / version_key()
+    """Where the rendered splits of this toy-world version live (under dplbench's cache folder)."""
+    return dplbench_cache_root() / "toy" / version_key()
 
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:
