@@ -1,0 +1,71 @@
+"""The closed vocabularies of dplbench, each defined once.
+
+Protocol YAML, sweep YAML and the typed configs use these enums (OmegaConf converts the YAML strings), and the
+execution, aggregation and table code key their record tables on them. A member's value is the string that users
+write, so ``Kind("few_shot")`` and ``Kind.few_shot`` are the same thing.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class _Vocabulary(str, Enum):
+    @classmethod
+    def values(cls) -> tuple[str, ...]:
+        return tuple(member.value for member in cls)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Kind(_Vocabulary):
+    """How a unit is executed (one runner per kind in :mod:`dplbench.execute`)."""
+
+    base2novel = "base2novel"
+    transfer = "transfer"
+    few_shot = "few_shot"
+    long_tail_lift = "long_tail_lift"
+    long_tail_b2n = "long_tail_b2n"
+
+
+class RecipeFamily(_Vocabulary):
+    """Which of a method's published recipes a protocol uses."""
+
+    base2novel = "base2novel"
+    cross_dataset = "cross_dataset"
+    few_shot = "few_shot"
+    long_tail = "long_tail"
+
+
+class Layout(_Vocabulary):
+    """How a protocol's results are aggregated and laid out as tables and plots."""
+
+    base2novel = "base2novel"
+    cross_dataset = "cross_dataset"
+    domain_generalization = "domain_generalization"
+    few_shot = "few_shot"
+    long_tail = "long_tail"
+
+
+class MetricMode(_Vocabulary):
+    max = "max"
+    min = "min"
+
+
+class SearchKind(_Vocabulary):
+    grid = "grid"
+    optuna = "optuna"
+
+
+class Precision(_Vocabulary):
+    auto = "auto"
+    fp32 = "fp32"
+    amp_bf16 = "amp_bf16"
+    amp_fp16 = "amp_fp16"
+    fp16_faithful = "fp16_faithful"
+
+
+class Sampler(_Vocabulary):
+    tpe = "tpe"
+    random = "random"
