@@ -35,9 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dplbench.backbone import Backbone  # noqa: E402
 from dplbench.engine.method import MethodContext, StepState  # noqa: E402
 from dplbench.engine.trainer import TrainSettings, build_optimizer, grad_scaler, optimizer_step  # noqa: E402
-from methods.drople import DroPLe, DropleOptions  # noqa: E402
-from methods.ivlp import IVLP, IVLPOptions  # noqa: E402
-from methods.promptsrc import PromptSRC, PromptSRCOptions  # noqa: E402
+from dplbench.methods.drople import DroPLe, DropleOptions  # noqa: E402
+from dplbench.methods.ivlp import IVLP, IVLPOptions  # noqa: E402
+from dplbench.methods.promptsrc import PromptSRC, PromptSRCOptions  # noqa: E402
 
 CLASSNAMES = ["apple", "bicycle", "castle", "dolphin", "elephant", "lawn mower", "maple tree", "pickup truck",
               "sunflower", "sweet pepper", "telephone", "willow tree", "aquarium fish", "butterfly", "crocodile",

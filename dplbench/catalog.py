@@ -43,14 +43,14 @@ def _method_decorator_args(tree: ast.Module):
 def _discover_methods(registry: Registry) -> None:
     """Find adapters in the ``methods`` package by reading the source (no import)."""
     try:
-        package = resources.files("methods")
+        package = resources.files("dplbench.methods")
     except ModuleNotFoundError:  # pragma: no cover - broken install
         return
     for path in sorted(package.iterdir(), key=lambda p: p.name):
         if not path.name.endswith(".py") or path.name.startswith("_"):
             continue
         tree = ast.parse(path.read_text(encoding="utf-8"))
-        module = f"methods.{path.name[:-3]}"
+        module = f"dplbench.methods.{path.name[:-3]}"
         for cls, name, aliases, description in _method_decorator_args(tree):
             registry.add_lazy(name, f"{module}:{cls}", description=description, aliases=aliases)
 

@@ -186,7 +186,7 @@ def load_protocol_text(text: str, where: str, default_name: str = "") -> Protoco
 
 def protocol_files() -> list[Any]:
     """The ``*.yaml`` resources of the ``protocols`` package (sweep definitions live in ``sweeps/``)."""
-    package = resources.files("protocols")
+    package = resources.files("dplbench.protocols")
     return sorted((p for p in package.iterdir() if p.name.endswith(".yaml") and p.is_file()),
                   key=lambda p: p.name)
 

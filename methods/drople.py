@@ -34,8 +34,8 @@ from dplbench.dropout.perturb import MODES
 from dplbench.engine.method import StepState, register_method
 from dplbench.engine.recipes import Recipe
 from dplbench.errors import ConfigError
-from methods.ivlp import BATCH, LR, IVLPOptions
-from methods.promptsrc import FEW_SHOT_NARROW_GPA, PromptSRC, kl_to_frozen, l1_consistency
+from dplbench.methods.ivlp import BATCH, LR, IVLPOptions
+from dplbench.methods.promptsrc import FEW_SHOT_NARROW_GPA, PromptSRC, kl_to_frozen, l1_consistency
 
 BRANCHES = ("vision", "text")
 TEACHER_TEXT = {"ensemble": "ensemble60", "single": "dataset"}
@@ -207,7 +207,7 @@ class DroPLe(PromptSRC):
 
     # -- teachers --------------------------------------------------------------------------------------
     def teacher_templates(self) -> list[str]:
-        from methods.zsclip import resolve_templates
+        from dplbench.methods.zsclip import resolve_templates
 
         return resolve_templates(TEACHER_TEXT[self.options.teacher_text], self.dataset_name)
 

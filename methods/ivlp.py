@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from dplbench.engine.method import TRAINABLE, PromptMethod, StepState, register_method
 from dplbench.engine.prompts import TextPromptLearner, VisionPromptLearner, clamp_depth
 from dplbench.engine.recipes import Recipe
-from methods.coop import check_ctx_options
+from dplbench.methods.coop import check_ctx_options
 
 LR = 0.0025
 BATCH = 4

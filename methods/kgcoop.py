@@ -13,7 +13,7 @@ from dplbench.engine.cache import feature_cache, frozen_text_features
 from dplbench.engine.method import StepState, register_method
 from dplbench.engine.recipes import Recipe
 from dplbench.errors import ConfigError
-from methods.coop import FrozenImageTowerMethod
+from dplbench.methods.coop import FrozenImageTowerMethod
 
 KG_FORMS = ("code", "paper")
 _RECIPE = Recipe(100, 0.002, 128, source="KgCoOp vit_b16_ep100_ctxv1 (W=8.0, scripts/run.sh)")

@@ -18,7 +18,7 @@ from dplbench.engine.cache import feature_cache, frozen_text_features
 from dplbench.engine.gpa import GaussianPromptAggregator, gpa_weights
 from dplbench.engine.method import StepState, register_method
 from dplbench.engine.recipes import Recipe
-from methods.ivlp import BATCH, LR, IVLP, IVLPOptions
+from dplbench.methods.ivlp import BATCH, LR, IVLP, IVLPOptions
 
 # Few-shot GPA (vit_b16_c2_ep50_batch4_4+4ctx_few_shot.yaml): μ45 σ5 for these, μ30 σ30 for the others.
 FEW_SHOT_NARROW_GPA = frozenset({"stanford_cars", "oxford_flowers", "fgvc_aircraft", "dtd", "eurosat"})
@@ -88,7 +88,7 @@ class PromptSRC(IVLP):
 
     # -- teachers --------------------------------------------------------------------------------------
     def teacher_templates(self) -> list[str]:
-        from methods.zsclip import resolve_templates
+        from dplbench.methods.zsclip import resolve_templates
 
         return resolve_templates(self.options.teacher_templates, self.dataset_name)
 

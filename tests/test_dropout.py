@@ -279,8 +279,8 @@ open_clip = pytest.importorskip("open_clip")
 from dplbench.backbone import Backbone  # noqa: E402
 from dplbench.engine.method import MethodContext, StepState  # noqa: E402
 from dplbench.errors import ConfigError  # noqa: E402
-from methods.drople import DroPLe, DropleOptions  # noqa: E402
-from methods.ivlp import IVLP, IVLPOptions  # noqa: E402
+from dplbench.methods.drople import DroPLe, DropleOptions  # noqa: E402
+from dplbench.methods.ivlp import IVLP, IVLPOptions  # noqa: E402
 
 CLASSES = ["cat", "dog", "red fire truck"]
 STEP = StepState(epoch=1, num_epochs=4, step=0, steps_per_epoch=1)

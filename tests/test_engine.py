@@ -86,8 +86,8 @@ def test_seed_everything_is_reproducible():
 
 # -- recipes -------------------------------------------------------------------------------------------------
 def test_recipe_resolution_and_overrides():
-    from methods.coop import CoOp
-    from methods.promptsrc import PromptSRC
+    from dplbench.methods.coop import CoOp
+    from dplbench.methods.promptsrc import PromptSRC
 
     assert CoOp.recipe("base2novel", "imagenet", 16).epochs == 50
     assert CoOp.recipe("base2novel", "dtd", 16).epochs == 200
@@ -108,7 +108,7 @@ def test_recipe_resolution_and_overrides():
 
 
 def test_build_options_converts_types():
-    from methods.kgcoop import KgCoOpOptions
+    from dplbench.methods.kgcoop import KgCoOpOptions
 
     opts = build_options(KgCoOpOptions, {"kg_weight": "4"})
     assert opts.kg_weight == 4.0 and isinstance(opts, KgCoOpOptions)

@@ -194,7 +194,7 @@ def test_depth_is_clamped_and_recorded(tiny_backbone):
 
 # -- loss formulas on fixed tensors ---------------------------------------------------------------------------
 def test_kgcoop_penalty_formulas():
-    from methods.kgcoop import kg_penalty
+    from dplbench.methods.kgcoop import kg_penalty
 
     g = torch.Generator().manual_seed(0)
     text, teacher = torch.randn(5, 8, generator=g), torch.randn(5, 8, generator=g)
@@ -225,7 +225,7 @@ def test_kgcoop_step_total_is_ce_plus_w_kg(tiny_backbone):
 
 
 def test_promptsrc_terms_equal_formulas():
-    from methods.promptsrc import promptsrc_terms
+    from dplbench.methods.promptsrc import promptsrc_terms
 
     g = torch.Generator().manual_seed(1)
     B, C, E = 3, 4, 6

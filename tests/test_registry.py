@@ -71,6 +71,6 @@ def test_builtin_methods_are_discovered_without_importing_them():
         assert METHODS.describe("coop")
         heavy = [m for m in ("torch", "open_clip", "ray", "mlflow") if m in sys.modules]
         assert not heavy, heavy
-        assert not any(m.startswith("methods.") for m in sys.modules)
+        assert not any(m.startswith("dplbench.methods.") for m in sys.modules)
     """)
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -62,7 +62,7 @@ class SweepDefinition:
 
 
 def sweep_names() -> list[str]:
-    folder = resources.files("protocols") / "sweeps"
+    folder = resources.files("dplbench.protocols") / "sweeps"
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
@@ -73,7 +73,7 @@ def load_sweep_definition(name: str) -> SweepDefinition:
         raise UnknownNameError("sweep", name, names)
     where = f"protocols/sweeps/{name}.yaml"
     try:
-        data = yaml.safe_load((resources.files("protocols") / "sweeps" / f"{name}.yaml").read_text("utf-8"))
+        data = yaml.safe_load((resources.files("dplbench.protocols") / "sweeps" / f"{name}.yaml").read_text("utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{where}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):

@@ -20,13 +20,15 @@ log = logging.getLogger(__name__)
 COLUMNS = ("protocol", "method", "dataset", "metric", "value", "source", "verified")
 VERIFIED_VALUES = ("yes", "no", "derived")
 DEFAULT_TOLERANCE = 0.01
-REFERENCE_RELPATH = Path("results") / "reference" / "reference_numbers.csv"
-# the checkout that holds this package (editable install), else the current folder (a clone after `pip install .`)
-DEFAULT_PATH = Path(__file__).resolve().parents[2] / REFERENCE_RELPATH
+REFERENCE_PACKAGE = "dplbench.reference"  # results/reference/ of the repository, installed as package data
+REFERENCE_FILE = "reference_numbers.csv"
 
 
 def default_reference_path() -> Path:
-    return DEFAULT_PATH if DEFAULT_PATH.is_file() else Path.cwd() / REFERENCE_RELPATH
+    """The shipped reference CSV, wherever dplbench is installed (never looked up in the current folder)."""
+    from importlib import resources
+
+    return Path(str(resources.files(REFERENCE_PACKAGE) / REFERENCE_FILE))
 
 
 # dplbench registry name -> name used in the papers (and in reference_numbers.csv).
