@@ -15,7 +15,6 @@ import resource
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
@@ -23,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dplbench.backbone import create_backbone  # noqa: E402
 from dplbench.catalog import METHODS  # noqa: E402
+from dplbench.config import BackboneConfig  # noqa: E402
 from dplbench.engine.method import MethodContext, StepState  # noqa: E402
 from dplbench.engine.recipes import build_options  # noqa: E402
 from dplbench.engine.trainer import TrainSettings, build_optimizer, grad_scaler, optimizer_step  # noqa: E402
@@ -107,8 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in args.backbones:
         pretrained = "random" if name != "toy" else None
-        cfg = SimpleNamespace(name=name, pretrained=pretrained, checkpoint=None, precision=args.precision,
-                              cache_dir=None)
+        cfg = BackboneConfig(name=name, pretrained=pretrained, precision=args.precision)
         try:
             torch.manual_seed(0)
             backbone = create_backbone(cfg, args.device)

@@ -13,21 +13,19 @@ import os
 import resource
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
+from dplbench.errors import ConfigError
 from dplbench.report.reference import harmonic_mean
-from dplbench.units import to_plain
+from dplbench.runtime import Runtime
+from dplbench.units import Unit, to_plain
+from dplbench.vocabulary import Kind
 
-KINDS = ("base2novel", "transfer", "few_shot", "long_tail_lift", "long_tail_b2n")
 SOURCE_FORMAT = "dplbench-source-model/1"
 BACKBONE_INIT_SEED = 0
 DEFAULT_IMBALANCE = {"ratio": 10, "rounding": "ceil", "cap": None}
-
-
-def _section(cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
-    return dict(cfg.get(name) or {})
 
 
 @contextlib.contextmanager
@@ -60,7 +58,7 @@ def _peak_memory(device: Any) -> dict[str, float | None]:
 class _UnitRun:
     """State shared by the steps of one unit (kept small: each kind is one method below)."""
 
-    def __init__(self, unit: Any, cfg: Any, on_epoch: Callable[[dict], None] | None,
+    def __init__(self, unit: Unit, runtime: Runtime, on_epoch: Callable[[dict], None] | None,
                  checkpoint_path: str | os.PathLike | None):
         import torch
 
@@ -71,48 +69,39 @@ class _UnitRun:
         from dplbench.engine.cache import feature_cache
         from dplbench.engine.recipes import resolve_recipe
         from dplbench.engine.seeding import seed_everything, set_deterministic
-        from dplbench.errors import ConfigError
 
-        if unit.kind not in KINDS:
-            raise ConfigError(f"unknown unit kind {unit.kind!r}; valid kinds: {', '.join(KINDS)}")
         self.unit = unit
-        self.cfg = to_plain(cfg or {})
+        self.runtime = runtime
+        self.workspace = runtime.workspace
         self.on_epoch = on_epoch
-        train_cfg, run_cfg = _section(self.cfg, "train"), _section(self.cfg, "run")
-        data_cfg = _section(self.cfg, "data")
-        self.output_dir = Path(run_cfg.get("output_dir") or "results").expanduser().absolute()
-        self.cache_dir = self.output_dir / "cache"
-        self.data_root = data_cfg.get("root")
-        self.num_workers = int(data_cfg.get("num_workers") or 0)
-        self.eval_batch_size = int(train_cfg.get("eval_batch_size") or 100)
-        self.deterministic = bool(train_cfg.get("deterministic", False))
-        self.split_seed = int(train_cfg.get("split_seed") if train_cfg.get("split_seed") is not None else unit.seed)
-        self.train_seed = int(train_cfg.get("train_seed") if train_cfg.get("train_seed") is not None else unit.seed)
+        settings = unit.settings
+        train_cfg = settings.train
+        self.eval_batch_size = train_cfg.eval_batch_size
+        self.deterministic = train_cfg.deterministic
+        self.split_seed = unit.seed if train_cfg.split_seed is None else train_cfg.split_seed
+        self.train_seed = unit.seed if train_cfg.train_seed is None else train_cfg.train_seed
         self.explicit_checkpoint = Path(checkpoint_path) if checkpoint_path is not None else None
 
         set_deterministic(self.deterministic)
-        self.device = resolve_device(run_cfg.get("device") or "auto")
+        self.device = resolve_device(runtime.device)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        backbone_cfg = _section(self.cfg, "backbone")
         seed_everything(BACKBONE_INIT_SEED)  # a randomly initialised backbone is the same in every unit
-        self.backbone = create_backbone(SimpleNamespace(**{k: backbone_cfg.get(k) for k in
-                                                            ("name", "pretrained", "checkpoint", "precision",
-                                                             "cache_dir")}), self.device)
+        self.backbone = create_backbone(replace(settings.backbone, cache_dir=runtime.weights_cache_dir),
+                                        self.device)
         self.method_cls = METHODS.get(unit.method)
         recipe = self.method_cls.recipe(unit.recipe, unit.dataset, unit.shots)
-        self.recipe = resolve_recipe(recipe, self.method_cls.Options, epochs=train_cfg.get("epochs"),
-                                     lr=train_cfg.get("lr"), batch_size=train_cfg.get("batch_size"),
-                                     epoch_scale=train_cfg.get("epoch_scale"),
+        self.recipe = resolve_recipe(recipe, self.method_cls.Options, epochs=train_cfg.epochs, lr=train_cfg.lr,
+                                     batch_size=train_cfg.batch_size, epoch_scale=train_cfg.epoch_scale,
                                      options=to_plain(unit.options or {}), method=unit.method)
         bb = self.backbone
         info = DATASETS.get(unit.dataset) if unit.dataset in DATASETS else None  # tests inject unregistered data
-        crop_scale = tuple(data_cfg.get("crop_scale") or (info.crop_scale if info else DEFAULT_CROP_SCALE))
+        crop_scale = tuple(settings.data.crop_scale or (info.crop_scale if info else DEFAULT_CROP_SCALE))
         self.train_transform = build_transform(True, bb.image_size, bb.mean, bb.std, crop_scale=crop_scale)
         self.test_transform = build_transform(False, bb.image_size, bb.mean, bb.std)
         self.transforms = {"train": describe_transform(True, bb.image_size, bb.mean, bb.std, crop_scale=crop_scale),
                            "test": describe_transform(False, bb.image_size, bb.mean, bb.std)}
-        self.features = feature_cache(self.cache_dir)
+        self.features = feature_cache(self.workspace.cache)
         self._cache_counts = (self.features.hits, self.features.misses)
         self.history: list[dict[str, Any]] = []
         self.train_seconds = 0.0
@@ -126,26 +115,14 @@ class _UnitRun:
     def load(self, name: str):
         from dplbench.data import load_dataset
 
-        return load_dataset(name, self.data_root)
+        return load_dataset(name, self.runtime.data_root)
 
     def fewshot(self, splits: Any, shots: int | None):
         from dplbench.data.fewshot import sample_fewshot
 
         if shots is None:
             return splits
-        return sample_fewshot(splits, int(shots), self.split_seed, cache_dir=self.cache_dir)
-
-    def protocol_params(self) -> dict[str, Any]:
-        config = getattr(self.unit, "config", None) or {}
-        params = config.get("protocol_params")
-        if params is None:
-            from dplbench.catalog import PROTOCOLS
-
-            try:
-                params = PROTOCOLS.get(PROTOCOLS.canonical(self.unit.protocol)).params
-            except Exception:  # an ad-hoc unit (tests, API use) without a registered protocol
-                params = {}
-        return to_plain(params or {})
+        return sample_fewshot(splits, int(shots), self.split_seed, cache_dir=self.workspace.cache)
 
     # -- method -------------------------------------------------------------------------------------------
     def build_method(self, classnames: list[str], dataset: str):
@@ -153,7 +130,8 @@ class _UnitRun:
         from dplbench.engine.seeding import seed_everything
 
         seed_everything(self.train_seed)  # prompt initialisation
-        context = MethodContext(recipe=self.unit.recipe, num_epochs=self.recipe.epochs, cache_dir=self.cache_dir,
+        context = MethodContext(recipe=self.unit.recipe, num_epochs=self.recipe.epochs,
+                                cache_dir=self.workspace.cache,
                                 shots=self.unit.shots)
         method = self.method_cls(self.backbone, list(classnames), dataset, self.recipe.options, context)
         self.method = method
@@ -176,9 +154,9 @@ class _UnitRun:
         from dplbench.engine.cache import cache_key
         from dplbench.engine.trainer import TrainSettings, train
 
-        resume = self.explicit_checkpoint or (self.output_dir / "checkpoints" / "resume" / f"{cache_key(key)[:16]}.pt")
+        resume = self.explicit_checkpoint or self.workspace.resume_checkpoints / f"{cache_key(key)[:16]}.pt"
         settings = TrainSettings(epochs=self.recipe.epochs, lr=self.recipe.lr, batch_size=self.recipe.batch_size,
-                                 seed=self.train_seed, num_workers=self.num_workers)
+                                 seed=self.train_seed, num_workers=self.runtime.num_workers)
         t0 = time.perf_counter()
         self.history = train(method, splits, settings, transform=self.train_transform, on_epoch=self.on_epoch,
                              checkpoint_path=resume if self.recipe.epochs > 0 and method.num_trainable() else None,
@@ -202,7 +180,8 @@ class _UnitRun:
         t0 = time.perf_counter()
         preds, labels = predict(self.method, splits, splits.split(split), transform=self.test_transform,
                                 transform_desc=self.transforms["test"], split=split,
-                                batch_size=self.eval_batch_size, num_workers=self.num_workers, cache=self.features)
+                                batch_size=self.eval_batch_size, num_workers=self.runtime.num_workers,
+                                cache=self.features)
         self.eval_seconds += time.perf_counter() - t0
         self.extra.setdefault("num_test_images", {})[splits.name + ("" if split == "test" else f":{split}") +
                                                       (f":{splits.meta['subset']}" if "subset" in splits.meta
@@ -223,7 +202,7 @@ class _UnitRun:
 
         full = self.load(self.unit.dataset)
         if long_tail:
-            params = {**DEFAULT_IMBALANCE, **(self.protocol_params().get("imbalance") or {})}
+            params = {**DEFAULT_IMBALANCE, **(self.unit.protocol_params.get("imbalance") or {})}
             ratio = (params.get("ratio_by_dataset") or {}).get(self.unit.dataset, params["ratio"])
             cap = params.get("cap")
             pool = self.fewshot(full, self.unit.shots if self.unit.shots is not None else cap)
@@ -244,7 +223,7 @@ class _UnitRun:
     def _imbalanced(self, splits: Any, ratio: float, rounding: str):
         from dplbench.data.longtail import imbalance
 
-        return imbalance(splits, ratio, self.split_seed, rounding=rounding, cache_dir=self.cache_dir)
+        return imbalance(splits, ratio, self.split_seed, rounding=rounding, cache_dir=self.workspace.cache)
 
     def run_few_shot(self) -> dict[str, float]:
         splits = self.fewshot(self.load(self.unit.dataset), self.unit.shots)
@@ -269,7 +248,7 @@ class _UnitRun:
         method = self.build_method(source.classnames, source.name)
         key = self.key_parts(source.name, "all")
         source_key = cache_key(key)[:16]
-        path = self.output_dir / "checkpoints" / f"{source_key}.pt"
+        path = self.workspace.checkpoints / f"{source_key}.pt"
         self.extra["source_key"] = source_key
         if method.num_trainable() and self.recipe.epochs > 0:
             with _file_lock(path.with_suffix(".lock")):
@@ -315,15 +294,7 @@ class _UnitRun:
     def run(self) -> dict[str, Any]:
         from dplbench.engine.schedule import describe_schedule
 
-        kind = self.unit.kind
-        if kind in ("base2novel", "long_tail_b2n"):
-            metrics = self.run_b2n(long_tail=kind == "long_tail_b2n")
-        elif kind == "few_shot":
-            metrics = self.run_few_shot()
-        elif kind == "long_tail_lift":
-            metrics = self.run_lift()
-        else:
-            metrics = self.run_transfer()
+        metrics = RUNNERS[Kind(self.unit.kind)](self)
         self.finish()
         r = self.recipe
         faithfulness = {
@@ -348,13 +319,26 @@ class _UnitRun:
         return {"metrics": metrics, "history": self.history, "faithfulness": faithfulness, "extra": extra}
 
 
-def execute_unit(unit: Any, cfg: Any, on_epoch: Callable[[dict], None] | None = None, *,
+# how each kind of unit runs (one entry per :class:`~dplbench.vocabulary.Kind`)
+RUNNERS: dict[Kind, Callable[[_UnitRun], dict[str, Any]]] = {
+    Kind.base2novel: lambda run: run.run_b2n(long_tail=False),
+    Kind.long_tail_b2n: lambda run: run.run_b2n(long_tail=True),
+    Kind.few_shot: _UnitRun.run_few_shot,
+    Kind.long_tail_lift: _UnitRun.run_lift,
+    Kind.transfer: _UnitRun.run_transfer,
+}
+
+
+def execute_unit(unit: Unit, runtime: Runtime, on_epoch: Callable[[dict], None] | None = None, *,
                  checkpoint_path: str | os.PathLike | None = None) -> dict[str, Any]:
     """Run one unit (see the module docstring) and return ``{"metrics", "history", "faithfulness", "extra"}``.
 
     ``on_epoch`` receives ``{"epoch", "lr", "loss", "loss/<term>", ..., "seconds"}`` after every epoch.
     ``checkpoint_path``: where the mid-training checkpoint lives (default
-    ``<output_dir>/checkpoints/resume/<key>.pt``, removed when the unit finishes); an existing one is resumed.
+    the workspace's resume folder, removed when the unit finishes); an existing one is resumed.
+    Every result-relevant setting comes from ``unit.config``; ``runtime`` says only where and on what it runs.
     Raises on failure (the caller records the unit as failed).
     """
-    return _UnitRun(unit, cfg, on_epoch, checkpoint_path).run()
+    if unit.kind not in Kind.values():
+        raise ConfigError(f"unknown unit kind {unit.kind!r}; valid kinds: {', '.join(Kind.values())}")
+    return _UnitRun(unit, runtime, on_epoch, checkpoint_path).run()

@@ -1,6 +1,6 @@
 """Result store: one JSON file per unit of work, written atomically, verified by a checksum on read.
 
-Layout: ``<output_dir>/runs/<protocol>/<method>/<dataset>/shots<K>_seed<S>_<hash8>.json``.
+Layout: ``<workspace runs>/<protocol>/<method>/<dataset>/shots<K>_seed<S>_<hash8>.json``.
 Tables and plots are rebuilt from these files alone; MLflow only mirrors them.
 """
 
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dplbench.fileio import atomic_write_text
+from dplbench.workspace import Workspace
 
 RESULT_FORMAT = "dplbench-result/1"
 REQUIRED_KEYS = ("format", "status", "unit", "config_hash", "metrics")
@@ -38,8 +39,9 @@ def _checksum(record: Mapping[str, Any]) -> str:
 
 
 def unit_relpath(protocol: str, method: str, dataset: str, shots: int | None, seed: int, chash: str) -> Path:
+    """A unit's result file, relative to the workspace's runs folder."""
     shot_part = f"shots{shots}" if shots is not None else "full"
-    return Path("runs") / protocol / method / dataset / f"{shot_part}_seed{seed}_{chash[:8]}.json"
+    return Path(protocol) / method / dataset / f"{shot_part}_seed{seed}_{chash[:8]}.json"
 
 
 class CorruptResultError(ValueError):
@@ -62,10 +64,11 @@ def read_result(path: str | Path) -> dict[str, Any]:
 
 
 class ResultStore:
-    """All result files under ``<output_dir>/runs``."""
+    """All result files of a workspace (its runs folder)."""
 
     def __init__(self, output_dir: str | Path):
-        self.root = Path(output_dir).expanduser().resolve()
+        self.workspace = Workspace.at(output_dir)
+        self.root = self.workspace.runs
 
     def path_for(self, unit: Mapping[str, Any], chash: str) -> Path:
         return self.root / unit_relpath(unit["protocol"], unit["method"], unit["dataset"], unit.get("shots"),
@@ -103,7 +106,7 @@ class ResultStore:
 
     def iter_records(self, protocol: str | None = None) -> Iterator[dict[str, Any]]:
         """Every verified record (optionally of one protocol); corrupt files are skipped with a warning."""
-        base = self.root / "runs" / (protocol or "")
+        base = self.root / (protocol or "")
         if not base.is_dir():
             return
         for path in sorted(base.rglob("*.json")):

@@ -5,22 +5,39 @@ seed): its unit carries every target and is never split per target. Both transfe
 ``cross_dataset`` recipe so that execution can share the source model between them.
 
 A unit's ``config`` holds exactly the settings that change its numbers; ``config_hash`` names its result file, so
-rerunning a command finds finished units and a changed setting gives a new file instead of overwriting.
+rerunning a command finds finished units and a changed setting gives a new file instead of overwriting. The
+settings that never change numbers (device, data root, workers, weights cache, output folder) are the
+:class:`~dplbench.runtime.Runtime`, passed beside the unit; :data:`HASH_EXCLUDE` is derived from it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dplbench.errors import ConfigError
 from dplbench.results import config_hash as _config_hash
+from dplbench.runtime import HASH_EXCLUDE
 
-# Dotted config keys that never change a unit's numbers: left out of the config hash and of the overrides.
-HASH_EXCLUDE = frozenset({"run.output_dir", "run.force", "run.device", "data.root", "data.num_workers",
-                          "backbone.cache_dir"})
+if TYPE_CHECKING:
+    from dplbench.config import BackboneConfig, Config, DataConfig, TrainConfig
+
 HASHED_SECTIONS = ("backbone", "data", "train", "run")
+
+
+@dataclass(frozen=True)
+class UnitSettings:
+    """A unit's result-relevant settings, typed: its hashed config sections over the config dataclasses' defaults.
+
+    The hash-excluded fields (``backbone.cache_dir``, ``data.root``, ``data.num_workers``) keep their defaults
+    here; their values come from the :class:`~dplbench.runtime.Runtime`.
+    """
+
+    backbone: BackboneConfig
+    data: DataConfig
+    train: TrainConfig
 
 
 @dataclass(frozen=True)
@@ -45,6 +62,24 @@ class Unit:
         return _config_hash(self.config)
 
     @property
+    def settings(self) -> UnitSettings:
+        from omegaconf import OmegaConf
+
+        from dplbench.config import BackboneConfig, DataConfig, TrainConfig
+
+        def typed(schema: type, section: str) -> Any:
+            return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema),
+                                                       dict(self.config.get(section) or {})))
+
+        return UnitSettings(typed(BackboneConfig, "backbone"), typed(DataConfig, "data"),
+                            typed(TrainConfig, "train"))
+
+    @property
+    def protocol_params(self) -> dict[str, Any]:
+        """Kind-specific settings of the unit's protocol (e.g. the long-tail imbalance)."""
+        return dict(self.config.get("protocol_params") or {})
+
+    @property
     def name(self) -> str:
         """Short, path-safe, deterministic name (trial directories, MLflow run names)."""
         shots = "full" if self.shots is None else f"k{self.shots}"
@@ -54,6 +89,23 @@ class Unit:
         """The ``unit`` block of the result file."""
         return {"protocol": self.protocol, "method": self.method, "dataset": self.dataset, "seed": self.seed,
                 "shots": self.shots, "overrides": dict(self.overrides)}
+
+
+def make_unit(*, protocol: str, kind: str, recipe: str, method: str, dataset: str, seed: int, shots: int | None,
+              targets: Sequence[str] = (), options: Mapping[str, Any] | None = None,
+              settings: Mapping[str, Mapping[str, Any]] | None = None,
+              protocol_params: Mapping[str, Any] | None = None,
+              overrides: Mapping[str, Any] | None = None) -> Unit:
+    """A self-sufficient unit: its ``config`` holds every result-relevant setting (``settings`` = the hashed
+    backbone / data / train sections; absent keys mean the config dataclasses' defaults)."""
+    kind, recipe = str(kind), str(recipe)
+    options = dict(options or {})
+    config = {"protocol": protocol, "kind": kind, "recipe": recipe, "method": method, "dataset": dataset,
+              "targets": list(targets), "seed": seed, "shots": shots, "options": options,
+              "protocol_params": dict(protocol_params or {}), **{k: dict(v) for k, v in (settings or {}).items()}}
+    return Unit(protocol=protocol, kind=kind, recipe=recipe, method=method, dataset=dataset, seed=seed, shots=shots,
+                targets=tuple(targets), options=options, overrides=dict(sorted((overrides or {}).items())),
+                config=config)
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -77,7 +129,12 @@ def to_plain(node: Any) -> Any:
     return node
 
 
-def _hashed_settings(cfg: Any) -> dict[str, dict[str, Any]]:
+def unit_settings_keys(config: Mapping[str, Any]) -> set[str]:
+    """The dotted keys of a unit config's settings sections (``train.lr``, ...)."""
+    return {f"{section}.{key}" for section in HASHED_SECTIONS for key in (config.get(section) or {})}
+
+
+def _hashed_settings(cfg: Config) -> dict[str, dict[str, Any]]:
     """The result-relevant part of the backbone / data / train / run sections."""
     sections: dict[str, dict[str, Any]] = {}
     for section in HASHED_SECTIONS:
@@ -116,7 +173,7 @@ def _options_for(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
     return dict(options) if names is None else {k: v for k, v in options.items() if k in names}
 
 
-def _datasets(cfg: Any, protocol: Any) -> tuple[list[str], list[str]]:
+def _datasets(cfg: Config, protocol: Any) -> tuple[list[str], list[str]]:
     """(training datasets, targets) of the run."""
     from dplbench.catalog import DATASETS
 
@@ -135,7 +192,7 @@ def _datasets(cfg: Any, protocol: Any) -> tuple[list[str], list[str]]:
     return list(dict.fromkeys(sources)), list(dict.fromkeys(targets))
 
 
-def expand_units(cfg: Any, *, extra_overrides: Mapping[str, Any] | None = None) -> list[Unit]:
+def expand_units(cfg: Config, *, extra_overrides: Mapping[str, Any] | None = None) -> list[Unit]:
     """All units of a resolved config, in a stable order (method, dataset, shots, seed), duplicates removed.
 
     ``extra_overrides`` (e.g. the values of one sweep trial, already applied to ``cfg``) are added to every unit's
@@ -165,11 +222,9 @@ def expand_units(cfg: Any, *, extra_overrides: Mapping[str, Any] | None = None) 
         for dataset in datasets:
             for k in shots:
                 for seed in seeds:
-                    config = {"protocol": protocol.name, "kind": protocol.kind, "recipe": protocol.recipe,
-                              "method": method, "dataset": dataset, "targets": targets, "seed": seed, "shots": k,
-                              "options": method_options, "protocol_params": dict(protocol.params), **settings}
-                    unit = Unit(protocol=protocol.name, kind=protocol.kind, recipe=protocol.recipe, method=method,
-                                dataset=dataset, seed=seed, shots=k, targets=tuple(targets),
-                                options=method_options, overrides=dict(sorted(overrides.items())), config=config)
+                    unit = make_unit(protocol=protocol.name, kind=protocol.kind, recipe=protocol.recipe,
+                                     method=method, dataset=dataset, seed=seed, shots=k, targets=targets,
+                                     options=method_options, settings=settings,
+                                     protocol_params=protocol.params, overrides=overrides)
                     units.setdefault(unit.config_hash, unit)
     return list(units.values())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import random
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -269,10 +268,13 @@ def _train_tf(backbone):
 def test_unit_kind_is_validated(tmp_path):
     from dplbench.execute import execute_unit
 
-    unit = SimpleNamespace(protocol="x", kind="nonsense", recipe="base2novel", method="coop", dataset="synth",
-                           seed=1, shots=None, targets=(), options={})
+    from dplbench.runtime import Runtime
+    from dplbench.units import make_unit
+
+    unit = make_unit(protocol="x", kind="nonsense", recipe="base2novel", method="coop", dataset="synth", seed=1,
+                     shots=None)
     with pytest.raises(ConfigError, match="unknown unit kind"):
-        execute_unit(unit, {"run": {"output_dir": str(tmp_path)}})
+        execute_unit(unit, Runtime.from_config(output_dir=str(tmp_path)))
 
 
 @pytest.mark.parametrize("precision, dtype", [("fp16_faithful", torch.float16), ("amp_fp16", torch.float32),

@@ -293,7 +293,10 @@ def test_parameter_counts_vit_b16(vitb16):
 # -- execute_unit ---------------------------------------------------------------------------------------------
 @pytest.fixture
 def exec_env(tiny_config, monkeypatch, tmp_path):
+    """A runtime on the CPU and a factory of self-sufficient units on the synthetic dataset and tiny model."""
     import dplbench.data as data
+    from dplbench.runtime import Runtime
+    from dplbench.units import make_unit
 
     def load(name, root=None, path=None):
         if name not in (SYNTH, SYNTH + "_b"):
@@ -301,22 +304,21 @@ def exec_env(tiny_config, monkeypatch, tmp_path):
         return synth_splits(name)
 
     monkeypatch.setattr(data, "load_dataset", load)
-    return {"backbone": {"name": tiny_config, "pretrained": "random", "precision": "fp32"},
-            "data": {"root": None, "num_workers": 0},
-            "train": {"epochs": 2, "lr": 0.01, "batch_size": 4, "eval_batch_size": 100, "deterministic": False},
-            "run": {"device": "cpu", "output_dir": str(tmp_path / "out")}}
+    settings = {"backbone": {"name": tiny_config, "pretrained": "random", "precision": "fp32"},
+                "train": {"epochs": 2, "lr": 0.01, "batch_size": 4}}
 
+    def unit(kind, recipe, method, shots=4, targets=(), options=None):
+        return make_unit(protocol=kind, kind=kind, recipe=recipe, method=method, dataset=SYNTH, seed=1, shots=shots,
+                         targets=targets, options=options, settings=settings)
 
-def _unit(kind, recipe, method, shots=4, targets=(), options=None):
-    return SimpleNamespace(protocol=kind, kind=kind, recipe=recipe, method=method, dataset=SYNTH, seed=1,
-                           shots=shots, targets=tuple(targets), options=dict(options or {}))
+    return SimpleNamespace(unit=unit, runtime=Runtime.from_config(device="cpu", output_dir=str(tmp_path / "out")))
 
 
 def test_execute_base2novel(exec_env):
     from dplbench.execute import execute_unit
 
     epochs = []
-    out = execute_unit(_unit("base2novel", "base2novel", "coop"), exec_env, on_epoch=epochs.append)
+    out = execute_unit(exec_env.unit("base2novel", "base2novel", "coop"), exec_env.runtime, on_epoch=epochs.append)
     m = out["metrics"]
     assert set(m) == {"base", "novel", "hm"}
     assert 0 <= m["base"] <= 100 and 0 <= m["novel"] <= 100
@@ -329,35 +331,30 @@ def test_execute_base2novel(exec_env):
     assert f["options"]["n_ctx"] == 4 and f["transforms"]["train"][0].startswith("RandomResizedCrop")
     assert f["seeds"] == {"split_seed": 1, "train_seed": 1}
     assert out["extra"]["num_trainable_params"] == 4 * 32 and out["extra"]["num_test_images"]
-    assert not list((exec_env_dir(exec_env) / "checkpoints" / "resume").glob("*.pt"))  # removed when done
-    zs = execute_unit(_unit("base2novel", "base2novel", "zsclip"), exec_env)
+    assert not list(exec_env.runtime.workspace.resume_checkpoints.glob("*.pt"))  # removed when done
+    zs = execute_unit(exec_env.unit("base2novel", "base2novel", "zsclip"), exec_env.runtime)
     assert zs["history"] == [] and set(zs["metrics"]) == {"base", "novel", "hm"}
-
-
-def exec_env_dir(cfg):
-    from pathlib import Path
-
-    return Path(cfg["run"]["output_dir"])
 
 
 def test_execute_transfer_shares_the_source_model(exec_env):
     from dplbench.execute import execute_unit
 
-    unit = _unit("transfer", "cross_dataset", "kgcoop", targets=(SYNTH + "_b",))
-    first = execute_unit(unit, exec_env)
-    second = execute_unit(_unit("transfer", "cross_dataset", "kgcoop", targets=(SYNTH + "_b",)), exec_env)
+    unit = exec_env.unit("transfer", "cross_dataset", "kgcoop", targets=(SYNTH + "_b",))
+    first = execute_unit(unit, exec_env.runtime)
+    second = execute_unit(exec_env.unit("transfer", "cross_dataset", "kgcoop", targets=(SYNTH + "_b",)),
+                          exec_env.runtime)
     assert set(first["metrics"]) == {f"acc/{SYNTH}", f"acc/{SYNTH}_b"}
     assert first["extra"]["source_model"]["shared"] is False and second["extra"]["source_model"]["shared"] is True
     assert first["metrics"] == second["metrics"] and first["history"] == second["history"]
-    assert len(list((exec_env_dir(exec_env) / "checkpoints").glob("*.pt"))) == 1
+    assert len(list(exec_env.runtime.workspace.checkpoints.glob("*.pt"))) == 1
 
 
 def test_execute_few_shot_and_long_tail(exec_env):
     from dplbench.execute import execute_unit
 
-    few = execute_unit(_unit("few_shot", "few_shot", "ivlp", shots=2), exec_env)
+    few = execute_unit(exec_env.unit("few_shot", "few_shot", "ivlp", shots=2), exec_env.runtime)
     assert set(few["metrics"]) == {"acc"} and few["extra"]["num_train_images"] == 12
-    lt = execute_unit(_unit("long_tail_b2n", "base2novel", "coop", shots=None), exec_env)
+    lt = execute_unit(exec_env.unit("long_tail_b2n", "base2novel", "coop", shots=None), exec_env.runtime)
     assert set(lt["metrics"]) == {"base", "novel", "hm"} and lt["faithfulness"]["data"]["imbalance"]["ratio"] == 10
-    lift = execute_unit(_unit("long_tail_lift", "long_tail", "zsclip", shots=None), exec_env)
+    lift = execute_unit(exec_env.unit("long_tail_lift", "long_tail", "zsclip", shots=None), exec_env.runtime)
     assert set(lift["metrics"]) == {"overall", "many", "medium", "few"} and lift["metrics"]["few"] is not None

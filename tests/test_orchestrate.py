@@ -29,14 +29,14 @@ REPO = Path(__file__).resolve().parent.parent
 FAIL_N_CTX = 13  # the fake executor fails like a NaN loss for coop with method.n_ctx=13
 
 
-def fake_execute(unit, cfg, on_epoch=None):
+def fake_execute(unit, runtime, on_epoch=None):
     """Two 'epochs', metrics derived from the unit; fails like a diverged run for n_ctx == FAIL_N_CTX."""
     for epoch in (1, 2):
         if on_epoch is not None:
             on_epoch({"epoch": epoch, "lr": 0.1, "loss": 1.0 / epoch})
         if unit.options.get("n_ctx") == FAIL_N_CTX and epoch == 2:
             raise FloatingPointError("non-finite loss (nan) at epoch 2")
-    lr = cfg.train.lr or 0.002
+    lr = unit.settings.train.lr or 0.002
     n_ctx = unit.options.get("n_ctx", 4)
     return {"metrics": {"base": 70.0 + n_ctx, "novel": 60.0 + 100 * lr, "hm": 0.0},
             "history": [], "faithfulness": {"precision": "fp32"}, "extra": {}}
@@ -185,7 +185,7 @@ from dplbench.config import build_config
 from dplbench.orchestrate.runner import run
 from dplbench.units import expand_units
 
-def slow_execute(unit, cfg, on_epoch=None):
+def slow_execute(unit, runtime, on_epoch=None):
     time.sleep(3.0)
     return {"metrics": {"base": 80.0, "novel": 70.0, "hm": 74.7}, "history": [], "faithfulness": {}, "extra": {}}
 
@@ -194,16 +194,17 @@ run(cfg, expand_units(cfg), executor=slow_execute)
 """
 
 
-def must_not_run(unit, cfg, on_epoch=None):
+def must_not_run(unit, runtime, on_epoch=None):
     raise AssertionError(f"{unit.name} was recomputed")
 
 
-def quick_execute(unit, cfg, on_epoch=None):
+def quick_execute(unit, runtime, on_epoch=None):
     return {"metrics": {"base": 80.0, "novel": 70.0, "hm": 74.7}, "history": [], "faithfulness": {}, "extra": {}}
 
 
 def test_kill_9_loses_no_finished_unit_and_rerun_completes_without_duplicates(tmp_path):
-    from dplbench.orchestrate.session import SESSION_FILE, pid_alive, clean_stale_session, session_processes
+    from dplbench.orchestrate.session import clean_stale_session, pid_alive, session_processes
+    from dplbench.workspace import Workspace
 
     script = tmp_path / "killme.py"
     script.write_text(textwrap.dedent(KILL_SCRIPT))
@@ -227,12 +228,12 @@ def test_kill_9_loses_no_finished_unit_and_rerun_completes_without_duplicates(tm
 
     # the killed driver's session record is found by the next run, which stops whatever is left of exactly that
     # Ray session (on Linux Ray's own processes usually die with their driver; workers may linger)
-    session = json.loads((tmp_path / SESSION_FILE).read_text())
+    session = json.loads(Workspace.at(tmp_path).session_file.read_text())
     assert session["driver_pid"] == proc.pid and not pid_alive(proc.pid)
-    stopped = clean_stale_session(tmp_path)
+    stopped = clean_stale_session(Workspace.at(tmp_path))
     assert not any(pid_alive(pid) for pid in stopped)
     assert session_processes(session["session_dir"]) == []
-    assert not (tmp_path / SESSION_FILE).exists()
+    assert not Workspace.at(tmp_path).session_file.exists()
 
     cfg = build_config(overrides + ["ray.enabled=false"])
     units = expand_units(cfg)

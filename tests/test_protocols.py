@@ -242,6 +242,29 @@ def test_sweep_values_land_in_the_units_overrides(tmp_path):
     assert OmegaConf.select(cfg, "train.lr") is None  # the original config is untouched
 
 
+@pytest.mark.parametrize("key", ["data.num_workers", "data.root", "backbone.cache_dir", "run.device"])
+def test_sweeping_a_runtime_key_is_refused(tmp_path, key):
+    """A runtime key never reaches a unit's config: every trial would map to the same result files."""
+    from dplbench.orchestrate.sweep import plan_sweep
+    from dplbench.runtime import HASH_EXCLUDE
+
+    assert key in HASH_EXCLUDE
+    cfg = cfg_for("method=coop", "dataset=toy_shapes", "seeds=[1]", tmp_path=tmp_path)
+    cfg.sweep.params = {key: [0, 1] if key == "data.num_workers" else ["/a", "/b"]}
+    with pytest.raises(ConfigError, match=f"'{key}' cannot be swept: it is a runtime setting"):
+        plan_sweep(cfg)
+
+
+def test_sweeping_a_result_key_gives_trials_with_different_hashes(tmp_path):
+    from dplbench.orchestrate.sweep import apply_params, plan_sweep
+    from dplbench.units import expand_units
+
+    cfg = cfg_for("method=coop", "dataset=toy_shapes", "seeds=[1]", "sweep.params.train.lr=[0.1,0.01]",
+                  tmp_path=tmp_path)
+    hashes = [expand_units(apply_params(cfg, params))[0].config_hash for params in plan_sweep(cfg).grid]
+    assert len(hashes) == 2 and len(set(hashes)) == 2
+
+
 def test_objective_hm_is_the_hm_of_the_means():
     from dplbench.orchestrate.sweep import objective
 

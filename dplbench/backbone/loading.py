@@ -22,30 +22,25 @@ import pickle
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from dplbench.backbone.core import Backbone
 from dplbench.backbone.precision import resolve_device
-from dplbench.config import BackboneConfig  # noqa: F401  (re-exported)
+from dplbench.config import BackboneConfig
 from dplbench.errors import ConfigError, DplbenchError, UnknownNameError, WeightsNotFoundError
 
 RANDOM_INIT = "random"
 DEFAULT_URL_CACHE = "~/.cache/clip"     # where open_clip itself stores url downloads
 
 
-def create_backbone(cfg: Any, device: str | torch.device | None = "auto") -> Backbone:
-    """The frozen backbone described by ``cfg`` (attributes name, pretrained, checkpoint, precision, cache_dir)."""
-    name = str(getattr(cfg, "name", None) or "toy")
-    pretrained = getattr(cfg, "pretrained", None)
-    checkpoint = getattr(cfg, "checkpoint", None)
-    precision = getattr(cfg, "precision", None) or "auto"
-    cache_dir = getattr(cfg, "cache_dir", None)
+def create_backbone(cfg: BackboneConfig, device: str | torch.device | None = "auto") -> Backbone:
+    """The frozen backbone described by ``cfg``."""
     dev = resolve_device(device)
-    if name == "toy":
-        return _toy_backbone(pretrained, checkpoint, precision, dev)
-    return _open_clip_backbone(name, pretrained, checkpoint, precision, cache_dir, dev)
+    precision = str(cfg.precision)
+    if cfg.name == "toy":
+        return _toy_backbone(cfg.pretrained, cfg.checkpoint, precision, dev)
+    return _open_clip_backbone(cfg.name, cfg.pretrained, cfg.checkpoint, precision, cfg.cache_dir, dev)
 
 
 def _toy_backbone(pretrained: str | None, checkpoint: str | None, precision: str, device: torch.device) -> Backbone:

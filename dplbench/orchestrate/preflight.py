@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 from dplbench.errors import ConfigError, DplbenchError
+
+if TYPE_CHECKING:
+    from dplbench.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -16,7 +19,7 @@ class ResourceError(DplbenchError):
     """The requested per-trial resources cannot be satisfied by the Ray cluster."""
 
 
-def trial_resources(cfg: Any) -> dict[str, float]:
+def trial_resources(cfg: Config) -> dict[str, float]:
     """Validated ``{"cpu": c, "gpu": g}`` request of one trial."""
     cpus, gpus = float(cfg.ray.cpus_per_trial), float(cfg.ray.gpus_per_trial)
     if cpus <= 0:

@@ -14,12 +14,17 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dplbench.orchestrate import tracking as tracking_mod
 from dplbench.orchestrate.trial import Executor, error_line, execute_and_record
 from dplbench.results import RESULT_FORMAT, ResultStore
+from dplbench.runtime import Runtime
 from dplbench.units import Unit
+from dplbench.workspace import Workspace
+
+if TYPE_CHECKING:
+    from dplbench.config import Config
 
 
 @dataclass
@@ -52,7 +57,7 @@ def _dedupe(units: Sequence[Unit]) -> list[Unit]:
     return list({u.config_hash: u for u in units}.values())
 
 
-def pending_units(cfg: Any, units: Sequence[Unit]) -> list[Unit]:
+def pending_units(cfg: Config, units: Sequence[Unit]) -> list[Unit]:
     """Units without a ``done`` result file of the same config hash (all of them with ``run.force``)."""
     store = ResultStore(cfg.run.output_dir)
     return [u for u in units if cfg.run.force or not store.is_done(u.unit_dict(), u.config_hash)]
@@ -71,7 +76,7 @@ def _format_table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
-def dry_run(cfg: Any, units: Sequence[Unit]) -> str:
+def dry_run(cfg: Config, units: Sequence[Unit]) -> str:
     """The unit matrix with each unit's status in the result store, the counts and the resolved config."""
     from dplbench.config import to_yaml
 
@@ -94,11 +99,11 @@ def dry_run(cfg: Any, units: Sequence[Unit]) -> str:
     summary = (f"{len(units)} unit(s) for protocol {cfg.protocol} (suite {cfg.suite}): {counts['done']} done, "
                f"{counts['failed']} failed, {counts['pending']} pending -> `dplbench run` would run {todo}")
     return "\n".join([_format_table(rows, header), "", summary, f"results: "
-                      f"{ResultStore(cfg.run.output_dir).root / 'runs' / str(cfg.protocol)}", "",
+                      f"{store.workspace.protocol_runs(str(cfg.protocol))}", "",
                       "resolved config:", to_yaml(cfg).rstrip()])
 
 
-def _parent_params(cfg: Any, units: Sequence[Unit], pending: Sequence[Unit]) -> dict[str, Any]:
+def _parent_params(cfg: Config, units: Sequence[Unit], pending: Sequence[Unit]) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     from dplbench.units import flatten
@@ -125,7 +130,7 @@ def _unit_describe(units: dict[str, Unit]):
     return describe
 
 
-def _record_crash(cfg: Any, unit: Unit, reason: str) -> Path:
+def _record_crash(cfg: Config, unit: Unit, reason: str) -> Path:
     """A trial whose process died (OOM kill, segfault) wrote nothing: record the failure from the driver."""
     return ResultStore(cfg.run.output_dir).write({
         "format": RESULT_FORMAT, "status": "failed", "error": reason, "unit": unit.unit_dict(),
@@ -137,12 +142,12 @@ def experiment_name(kind: str, protocol: str) -> str:
     return f"{kind}-{protocol}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def storage_path(cfg: Any) -> str:
+def storage_path(cfg: Config) -> str:
     """Absolute Ray Tune storage folder (relative paths break inside pyarrow and in trial working dirs)."""
-    return str(Path(cfg.run.output_dir).expanduser().resolve() / "ray")
+    return str(Workspace.at(cfg.run.output_dir).ray)
 
 
-def _run_with_ray(cfg: Any, pending: list[Unit], info: tracking_mod.TrackingInfo | None,
+def _run_with_ray(cfg: Config, pending: list[Unit], info: tracking_mod.TrackingInfo | None,
                   executor: Executor | None, request: dict[str, float]) -> dict[str, str]:
     """Returns {unit name: error} for trials whose process crashed."""
     from ray import tune
@@ -151,7 +156,8 @@ def _run_with_ray(cfg: Any, pending: list[Unit], info: tracking_mod.TrackingInfo
     from dplbench.orchestrate.trial import unit_trainable
 
     by_name = {u.name: u for u in pending}
-    trainable = tune.with_parameters(unit_trainable, units=by_name, cfg=cfg, tracking=info, executor=executor)
+    trainable = tune.with_parameters(unit_trainable, units=by_name, runtime=Runtime.from_config(cfg), tracking=info,
+                                     executor=executor)
     tuner = tune.Tuner(
         tune.with_resources(trainable, request),
         param_space={"unit": tune.grid_search(list(by_name))},
@@ -170,18 +176,19 @@ def _run_with_ray(cfg: Any, pending: list[Unit], info: tracking_mod.TrackingInfo
     return crashed
 
 
-def _run_in_process(cfg: Any, pending: list[Unit], info: tracking_mod.TrackingInfo | None,
+def _run_in_process(cfg: Config, pending: list[Unit], info: tracking_mod.TrackingInfo | None,
                     executor: Executor | None) -> None:
     width = len(str(len(pending)))
+    runtime = Runtime.from_config(cfg)
     for i, unit in enumerate(pending, 1):
-        record, _ = execute_and_record(unit, cfg, executor=executor, tracking=info)
+        record, _ = execute_and_record(unit, runtime, executor=executor, tracking=info)
         detail = record["error"] or " ".join(f"{k}={v:.2f}" for k, v in
                                              tracking_mod.numeric_metrics(record["metrics"]).items())
         print(f"[{i:>{width}}/{len(pending)}] {record['status']:<6} {unit.name}  {detail}  "
               f"({record['timing']['seconds']:.1f}s)", flush=True)
 
 
-def _tally(cfg: Any, pending: list[Unit], crashed: dict[str, str], summary: RunSummary) -> None:
+def _tally(cfg: Config, pending: list[Unit], crashed: dict[str, str], summary: RunSummary) -> None:
     store = ResultStore(cfg.run.output_dir)
     for unit in pending:
         record = store.load(unit.unit_dict(), unit.config_hash)
@@ -195,7 +202,7 @@ def _tally(cfg: Any, pending: list[Unit], crashed: dict[str, str], summary: RunS
             summary.failures.append((unit.name, str(record.get("error"))))
 
 
-def run(cfg: Any, units: Sequence[Unit], *, executor: Executor | None = None) -> RunSummary:
+def run(cfg: Config, units: Sequence[Unit], *, executor: Executor | None = None) -> RunSummary:
     """Run the pending units of ``units``; returns the counts and every unit's result path.
 
     ``executor`` replaces :func:`dplbench.execute.execute_unit` (it must be picklable for Ray).

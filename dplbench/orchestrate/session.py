@@ -1,6 +1,6 @@
 """The Ray instance of a run: attach to a cluster or start a local one, check resources, clean up after kills.
 
-A local instance started by dplbench is recorded in ``<output_dir>/.dplbench-ray.json`` (driver pid, session
+A local instance started by dplbench is recorded in the workspace's session file (driver pid, session
 directory). Killing a driver (even with SIGKILL) leaves Ray's processes running; the next run in the same output
 directory finds the record of a dead driver and terminates exactly that session's processes (those whose command
 line names its session directory, and their children) — never other Ray instances. SIGINT / SIGTERM during a run
@@ -17,16 +17,18 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dplbench.errors import DplbenchError
 from dplbench.orchestrate import preflight
 from dplbench.fileio import atomic_write_text
+from dplbench.workspace import Workspace
+
+if TYPE_CHECKING:
+    from dplbench.config import Config
 
 log = logging.getLogger(__name__)
 
-SESSION_FILE = ".dplbench-ray.json"
 AUTH_HINT = ("if the cluster uses token authentication (default since Ray 2.59), provide the token with "
              "RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token")
 
@@ -101,9 +103,9 @@ def terminate(pids: list[int], grace_s: float = 5.0) -> None:
             return
 
 
-def clean_stale_session(output_dir: Path) -> list[int]:
+def clean_stale_session(workspace: Workspace) -> list[int]:
     """Terminate the Ray processes left by a killed dplbench driver of this output directory; returns their pids."""
-    path = output_dir / SESSION_FILE
+    path = workspace.session_file
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
         driver, session_dir = int(record["driver_pid"]), str(record["session_dir"])
@@ -113,7 +115,8 @@ def clean_stale_session(output_dir: Path) -> list[int]:
         path.unlink(missing_ok=True)
         return []
     if driver != os.getpid() and pid_alive(driver):
-        log.warning("another dplbench run (pid %d) is using %s; starting a separate Ray instance", driver, output_dir)
+        log.warning("another dplbench run (pid %d) is using %s; starting a separate Ray instance", driver,
+                    workspace.root)
         return []
     # a Ray session directory is an absolute path ending in session_<date>_<pid>: never match anything shorter
     pids = session_processes(session_dir) if os.path.isabs(session_dir) and "session_" in session_dir else []
@@ -164,7 +167,7 @@ def _signals_shut_down_ray(owned: bool) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def ray_session(cfg: Any) -> Iterator[dict[str, float]]:
+def ray_session(cfg: Config) -> Iterator[dict[str, float]]:
     """Ray ready for ``fit()`` with the per-trial request checked; yields the request ``{"cpu", "gpu"}``.
 
     Reuses an already initialised Ray (e.g. a test session or a notebook), attaches to ``ray.address`` or starts
@@ -176,7 +179,7 @@ def ray_session(cfg: Any) -> Iterator[dict[str, float]]:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")             # quiet Tune output; dplbench prints progress
     import ray
 
-    output_dir = Path(cfg.run.output_dir).expanduser().resolve()
+    workspace = Workspace.at(cfg.run.output_dir)
     owned = connected = False
     if ray.is_initialized():
         where = "the running Ray instance"
@@ -185,12 +188,12 @@ def ray_session(cfg: Any) -> Iterator[dict[str, float]]:
         connected = True
         where = f"the Ray cluster at {cfg.ray.address}"
     else:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        clean_stale_session(output_dir)
+        workspace.root.mkdir(parents=True, exist_ok=True)
+        clean_stale_session(workspace)
         num_cpus = None if cfg.ray.num_cpus is None else int(cfg.ray.num_cpus)
         context = ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
         owned = True
-        atomic_write_text(output_dir / SESSION_FILE, json.dumps(
+        atomic_write_text(workspace.session_file, json.dumps(
             {"driver_pid": os.getpid(), "session_dir": context.address_info["session_dir"],
              "started": time.strftime("%Y-%m-%dT%H:%M:%S")}))
         where = "the local Ray instance"
@@ -204,4 +207,4 @@ def ray_session(cfg: Any) -> Iterator[dict[str, float]]:
         if owned or connected:  # a connected driver only disconnects; the cluster keeps running
             ray.shutdown()
         if owned:
-            (output_dir / SESSION_FILE).unlink(missing_ok=True)
+            workspace.session_file.unlink(missing_ok=True)

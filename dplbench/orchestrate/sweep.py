@@ -31,7 +31,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -40,6 +40,11 @@ from dplbench.fileio import atomic_write_text
 from dplbench.orchestrate import tracking as tracking_mod
 from dplbench.report.reference import harmonic_mean
 from dplbench.results import ResultStore
+from dplbench.runtime import HASH_EXCLUDE, Runtime
+from dplbench.workspace import Workspace
+
+if TYPE_CHECKING:
+    from dplbench.config import Config
 
 SEARCHES = ("grid", "optuna")
 SAMPLERS = ("tpe", "random")
@@ -117,6 +122,10 @@ def _flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, An
 
 
 def _check_param(key: str, spec: Any, search: str) -> None:
+    if key in HASH_EXCLUDE:
+        raise ConfigError(f"sweep.params: {key!r} cannot be swept: it is a runtime setting that never changes a "
+                          f"unit's numbers, so every trial would reuse the same result files (runtime keys: "
+                          f"{', '.join(sorted(HASH_EXCLUDE))})")
     if key.startswith(FORBIDDEN_PREFIXES) or key in ("protocol", "suite", "methods", "datasets"):
         raise ConfigError(f"sweep.params: {key!r} cannot be swept (sweep result-relevant keys such as method.*, "
                           "train.*, backbone.*, seeds, shots)")
@@ -135,7 +144,7 @@ def _check_param(key: str, spec: Any, search: str) -> None:
         raise ConfigError(f"sweep.params.{key}: type {spec['type']} needs low < high")
 
 
-def _validate_keys(cfg: Any, params: Mapping[str, Any]) -> None:
+def _validate_keys(cfg: Config, params: Mapping[str, Any]) -> None:
     """Every swept key exists in the config (method options are checked against the selected methods)."""
     from omegaconf import OmegaConf
 
@@ -159,7 +168,7 @@ def _validate_keys(cfg: Any, params: Mapping[str, Any]) -> None:
         validate_method_options(list(cfg.methods), nested)
 
 
-def plan_sweep(cfg: Any) -> SweepPlan:
+def plan_sweep(cfg: Config) -> SweepPlan:
     """Merge ``sweep.name``'s definition with the ``sweep.*`` config (explicit config values win) and validate.
 
     The definition's ``methods`` replace the protocol's default methods; mutates ``cfg.methods`` accordingly.
@@ -227,7 +236,7 @@ def objective(records: Sequence[Mapping[str, Any]], metric: str) -> float | None
 
 
 # -- trial ------------------------------------------------------------------------------------------------------
-def apply_params(cfg: Any, params: Mapping[str, Any]) -> Any:
+def apply_params(cfg: Config, params: Mapping[str, Any]) -> Any:
     """A copy of ``cfg`` with the trial's values set (method options may be new keys)."""
     from omegaconf import OmegaConf
 
@@ -237,7 +246,7 @@ def apply_params(cfg: Any, params: Mapping[str, Any]) -> Any:
     return trial_cfg
 
 
-def evaluate_configuration(cfg: Any, params: Mapping[str, Any], metric: str, *, executor=None,
+def evaluate_configuration(cfg: Config, params: Mapping[str, Any], metric: str, *, executor=None,
                            tracking: tracking_mod.TrackingInfo | None = None) -> dict[str, Any]:
     """Run (or reuse) every unit of one configuration; returns {"objective", "units", "done", "failed", ...}."""
     from dplbench.orchestrate.trial import execute_and_record
@@ -250,7 +259,8 @@ def evaluate_configuration(cfg: Any, params: Mapping[str, Any], metric: str, *, 
     for unit in units:
         record = None if cfg.run.force else store.load(unit.unit_dict(), unit.config_hash)
         if record is None or record["status"] != "done":
-            record, _ = execute_and_record(unit, trial_cfg, executor=executor, tracking=tracking)
+            record, _ = execute_and_record(unit, Runtime.from_config(trial_cfg), executor=executor,
+                                           tracking=tracking)
             ran += 1
         records.append(record)
     value = objective(records, metric)
@@ -273,7 +283,7 @@ def _trial_tracking(info: tracking_mod.TrackingInfo | None, name: str, params: M
     return client, tracking_mod.TrackingInfo(info.uri, info.experiment_id, run.info.run_id)
 
 
-def sweep_trainable(config: dict[str, Any], *, cfg: Any, metric: str, tracking: Any, executor: Any) -> None:
+def sweep_trainable(config: dict[str, Any], *, cfg: Config, metric: str, tracking: Any, executor: Any) -> None:
     """Ray Tune function trainable of one sweep configuration; reports the objective once, at the end."""
     from ray import tune
 
@@ -373,7 +383,7 @@ def _make_sampler(plan: SweepPlan):
     return optuna.samplers.TPESampler(seed=plan.sampler_seed)
 
 
-def run_sweep(cfg: Any, *, executor: Any = None) -> SweepSummary:
+def run_sweep(cfg: Config, *, executor: Any = None) -> SweepSummary:
     """Plan, schedule through Ray Tune, and summarise a sweep (also written to ``<output_dir>/sweeps/``)."""
     from ray import tune
 
@@ -450,7 +460,7 @@ def run_sweep(cfg: Any, *, executor: Any = None) -> SweepSummary:
     if scored:
         summary.best = (max if plan.mode == "max" else min)(scored, key=lambda t: t["objective"])
     summary.seconds = time.perf_counter() - start
-    out = ResultStore(cfg.run.output_dir).root / "sweeps" / f"{plan.name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out = Workspace.at(cfg.run.output_dir).sweeps / f"{plan.name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     summary.summary_path = str(out)
     if info is not None:
         summary.tracking_uri, summary.parent_run_id = info.uri, info.parent_run_id

@@ -15,7 +15,12 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from dplbench.workspace import Workspace
+
+if TYPE_CHECKING:
+    from dplbench.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +34,11 @@ class TrackingInfo:
     parent_run_id: str
 
 
-def default_uri(output_dir: str | Path) -> str:
-    """``sqlite:////abs/output_dir/mlflow.db`` (four slashes: an absolute path, independent of any CWD)."""
-    return "sqlite:///" + (Path(output_dir).expanduser().resolve() / "mlflow.db").as_posix()
-
-
-def tracking_uri(cfg: Any) -> str | None:
+def tracking_uri(cfg: Config) -> str | None:
     """The URI the run logs to, or None when tracking is off."""
     if not cfg.tracking.enabled:
         return None
-    return str(cfg.tracking.uri) if cfg.tracking.uri else default_uri(cfg.run.output_dir)
+    return str(cfg.tracking.uri) if cfg.tracking.uri else Workspace.at(cfg.run.output_dir).mlflow_uri
 
 
 def _client(uri: str):
@@ -67,7 +67,7 @@ def numeric_metrics(values: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-def start_parent(cfg: Any, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> TrackingInfo | None:
+def start_parent(cfg: Config, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> TrackingInfo | None:
     """Create (if needed) the experiment and a parent run; None when tracking is disabled."""
     uri = tracking_uri(cfg)
     if uri is None:
@@ -82,7 +82,7 @@ def start_parent(cfg: Any, run_name: str, params: Mapping[str, Any], tags: Mappi
         if experiment is None:
             artifacts = None
             if uri.startswith("sqlite:"):
-                artifacts = (Path(cfg.run.output_dir).expanduser().resolve() / "mlartifacts").as_uri()
+                artifacts = Workspace.at(cfg.run.output_dir).mlflow_artifacts.as_uri()
             experiment_id = client.create_experiment(cfg.tracking.experiment, artifact_location=artifacts)
         else:
             experiment_id = experiment.experiment_id

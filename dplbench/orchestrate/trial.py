@@ -17,8 +17,10 @@ from typing import Any
 
 from dplbench.orchestrate.tracking import TrackingInfo, UnitRun
 from dplbench.results import RESULT_FORMAT, ResultStore
+from dplbench.runtime import Runtime
+from dplbench.units import Unit
 
-Executor = Callable[..., Mapping[str, Any]]  # (unit, cfg, on_epoch=...) -> {"metrics", "history", ...}
+Executor = Callable[..., Mapping[str, Any]]  # (unit, runtime, on_epoch=...) -> {"metrics", "history", ...}
 Reporter = Callable[[dict[str, Any]], None]
 
 MAX_ERROR_CHARS = 500
@@ -45,17 +47,13 @@ def _non_finite(metrics: Mapping[str, Any]) -> list[str]:
     return [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
 
 
-def _environment(cfg: Any) -> dict[str, Any]:
-    from dplbench.environment import environment_record
-
-    return environment_record(str(cfg.run.device))
-
-
-def execute_and_record(unit: Any, cfg: Any, *, executor: Executor | None = None,
+def execute_and_record(unit: Unit, runtime: Runtime, *, executor: Executor | None = None,
                        tracking: TrackingInfo | None = None, report: Reporter | None = None,
                        extra: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], Path]:
     """Run one unit and write its result file; returns (record, path). Never raises for a unit failure."""
-    store = ResultStore(cfg.run.output_dir)
+    from dplbench.environment import environment_record
+
+    store = ResultStore(runtime.output_dir)
     mlflow_run = UnitRun(tracking, unit)
     history: list[dict[str, Any]] = []
 
@@ -69,7 +67,7 @@ def execute_and_record(unit: Any, cfg: Any, *, executor: Executor | None = None,
     started, start = _now(), time.perf_counter()
     status, error, output, trace = "done", None, {}, None
     try:
-        output = dict((executor or default_executor())(unit, cfg, on_epoch=on_epoch))
+        output = dict((executor or default_executor())(unit, runtime, on_epoch=on_epoch))
         bad = _non_finite(output.get("metrics") or {})
         if bad:
             status, error = "failed", f"non-finite metric(s): {', '.join(bad)}"
@@ -82,7 +80,7 @@ def execute_and_record(unit: Any, cfg: Any, *, executor: Executor | None = None,
         "metrics": dict(output.get("metrics") or {}) if status == "done" else {},
         "history": list(output.get("history") or history),
         "timing": {"started": started, "finished": _now(), "seconds": round(seconds, 3)},
-        "environment": _environment(cfg), "faithfulness": dict(output.get("faithfulness") or {}),
+        "environment": environment_record(str(runtime.device)), "faithfulness": dict(output.get("faithfulness") or {}),
         "extra": {**dict(output.get("extra") or {}), **dict(extra or {})},
     }
     if trace:
@@ -95,11 +93,11 @@ def execute_and_record(unit: Any, cfg: Any, *, executor: Executor | None = None,
     return record, path
 
 
-def unit_trainable(config: dict[str, Any], *, units: Mapping[str, Any], cfg: Any,
+def unit_trainable(config: dict[str, Any], *, units: Mapping[str, Unit], runtime: Runtime,
                    tracking: TrackingInfo | None, executor: Executor | None) -> None:
     """Ray Tune function trainable: ``config["unit"]`` names the unit; heavy objects come via with_parameters."""
     from ray import tune
 
     context = tune.get_context()
-    execute_and_record(units[config["unit"]], cfg, executor=executor, tracking=tracking, report=tune.report,
+    execute_and_record(units[config["unit"]], runtime, executor=executor, tracking=tracking, report=tune.report,
                        extra={"trial": {"id": context.get_trial_id(), "name": context.get_trial_name()}})

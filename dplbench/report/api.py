@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dplbench.errors import DplbenchError
 from dplbench.results import ResultStore
+from dplbench.workspace import Workspace
+
+if TYPE_CHECKING:
+    from dplbench.config import Config
 
 
-def protocol_records(cfg: Any) -> list[dict[str, Any]]:
+def protocol_records(cfg: Config) -> list[dict[str, Any]]:
     """The result records of ``cfg.protocol`` produced with the same suite and backbone as ``cfg``."""
     records = []
     for record in ResultStore(cfg.run.output_dir).iter_records(cfg.protocol):
@@ -22,35 +26,35 @@ def protocol_records(cfg: Any) -> list[dict[str, Any]]:
     return records
 
 
-def _layout(cfg: Any) -> str:
+def _layout(cfg: Config) -> str:
     from dplbench.catalog import PROTOCOLS
 
     return PROTOCOLS.get(cfg.protocol).table.get("layout", cfg.protocol)
 
 
-def tables_for_protocol(cfg: Any) -> tuple[str, dict[str, Path]]:
+def tables_for_protocol(cfg: Config) -> tuple[str, dict[str, Path]]:
     """Rebuild the protocol's tables from its result files; returns (terminal text, {format: path})."""
     from dplbench.report import build_tables, render_terminal
 
     records = protocol_records(cfg)
     if not records:
         raise DplbenchError(f"no result files for protocol {cfg.protocol!r} (suite {cfg.suite}, backbone "
-                            f"{cfg.backbone.name}) under {Path(cfg.run.output_dir).resolve() / 'runs'}; "
+                            f"{cfg.backbone.name}) under {Workspace.at(cfg.run.output_dir).runs}; "
                             f"run `dplbench run protocol={cfg.protocol}` first")
     layout = _layout(cfg)
-    out_dir = Path(cfg.run.output_dir).resolve() / "tables"
+    out_dir = Workspace.at(cfg.run.output_dir).tables
     paths = build_tables(records, layout, protocol=cfg.protocol, out_dir=out_dir)
     return render_terminal(records, layout, protocol=cfg.protocol), paths
 
 
-def plots_for_protocol(cfg: Any) -> list[Path]:
+def plots_for_protocol(cfg: Config) -> list[Path]:
     """Every plot the protocol's result files support (PNG + PDF), also logged to MLflow when enabled."""
     from dplbench.report import log_plots_to_mlflow, make_plots
 
     records = protocol_records(cfg)
     if not records:
         return []
-    out_dir = Path(cfg.run.output_dir).resolve() / "plots"
+    out_dir = Workspace.at(cfg.run.output_dir).plots
     paths = make_plots(records, "all", out_dir, layout=_layout(cfg), protocol=cfg.protocol)
     if paths and cfg.tracking.enabled:
         import mlflow

@@ -484,8 +484,9 @@ def render_terminal(records: Iterable[Mapping[str, Any]], layout: str, *, protoc
 
 
 def tables_from_results(output_dir: str | Path, protocol: str, layout: str, **kwargs: Any) -> dict[str, Path]:
-    """Read every result file of ``protocol`` under ``output_dir`` and write ``<output_dir>/tables/``."""
-    records = list(ResultStore(output_dir).iter_records(protocol))
+    """Read every result file of ``protocol`` under ``output_dir`` and write the workspace's tables."""
+    store = ResultStore(output_dir)
+    records = list(store.iter_records(protocol))
     if not records:
-        raise DplbenchError(f"no result files under {Path(output_dir) / 'runs' / protocol}")
-    return build_tables(records, layout, protocol=protocol, out_dir=Path(output_dir) / "tables", **kwargs)
+        raise DplbenchError(f"no result files under {store.workspace.protocol_runs(protocol)}")
+    return build_tables(records, layout, protocol=protocol, out_dir=store.workspace.tables, **kwargs)

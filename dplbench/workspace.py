@@ -1,0 +1,80 @@
+"""The output folder of a run (``run.output_dir``) and every place inside it.
+
+One :class:`Workspace` owns the layout; no other module spells a subfolder or file name of the output folder::
+
+    <output_dir>/
+      runs/<protocol>/<method>/<dataset>/*.json   one verified result file per unit (the source of truth)
+      cache/                                      frozen features, few-shot and long-tail index files
+      checkpoints/                                shared source models of transfer units; resume/ mid-training
+      tables/  plots/  sweeps/                    rebuilt reports and sweep summaries
+      ray/                                        Ray Tune experiment folders
+      mlflow.db  mlartifacts/                     the default MLflow tracking database and artifact store
+      .dplbench-ray.json                          the record of the local Ray instance a live run started
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    @classmethod
+    def at(cls, output_dir: str | Path) -> Workspace:
+        """The workspace of ``output_dir`` (made absolute: Ray trials run in other working directories)."""
+        return cls(Path(output_dir).expanduser().resolve())
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    def protocol_runs(self, protocol: str) -> Path:
+        return self.runs / protocol
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def resume_checkpoints(self) -> Path:
+        return self.checkpoints / "resume"
+
+    @property
+    def tables(self) -> Path:
+        return self.root / "tables"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+    @property
+    def sweeps(self) -> Path:
+        return self.root / "sweeps"
+
+    @property
+    def ray(self) -> Path:
+        return self.root / "ray"
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.root / "mlflow.db"
+
+    @property
+    def mlflow_uri(self) -> str:
+        """``sqlite:////abs/mlflow.db`` (four slashes: an absolute path, independent of any working directory)."""
+        return "sqlite:///" + self.mlflow_db.as_posix()
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.root / "mlartifacts"
+
+    @property
+    def session_file(self) -> Path:
+        return self.root / ".dplbench-ray.json"
