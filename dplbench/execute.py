@@ -1,7 +1,7 @@
 """Run one unit end to end: build the backbone and the method, prepare the data of the unit's kind, train with
 the method's recipe, evaluate the final state, and return metrics + history + faithfulness flags.
 
-Kinds (protocols.md §5): ``base2novel`` and ``long_tail_b2n`` (train on base classes, evaluate base then novel),
+Kinds (docs/protocols.md §5): ``base2novel`` and ``long_tail_b2n`` (train on base classes, evaluate base then novel),
 ``transfer`` (train on the source once per source key, evaluate on the source and every target), ``few_shot``
 (all classes, K shots) and ``long_tail_lift`` (full long-tailed train split, many/medium/few buckets).
 """

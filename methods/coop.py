@@ -1,4 +1,4 @@
-"""CoOp (IJCV'22, methods.md §4.2): learnable text context, frozen image tower, cross-entropy only."""
+"""CoOp (IJCV'22, docs/methods.md §4.2): learnable text context, frozen image tower, cross-entropy only."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DroPLe — Dropout Prompt Learning (arXiv 2512.07234; methods.md §5.1), the generic variant on IVLP prompts.
+"""DroPLe — Dropout Prompt Learning (arXiv 2512.07234; docs/methods.md §5.1), the generic variant on IVLP prompts.
 
 IVLP deep prompts in both towers (4+4 tokens, depth 9) plus, in training only:
 
@@ -13,7 +13,7 @@ IVLP deep prompts in both towers (4+4 tokens, depth 9) plus, in training only:
 
 ``L = CE + L_txt + L_img + 2.5·L_kd + L_res + 30·L_MAG``. No GPA by default (``gpa=true`` is an ablation).
 Evaluation is plain IVLP: no attention maps, no scores, no perturbation. Not comparable with the paper's numbers,
-which come from the LLaMP-based variant (§5.2).
+which come from the LLaMP-based variant (docs/methods.md §5.2).
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ _NESTED = {"iwtd": IWTDOptions, "res": ResOptions, "mag": MAGOptions, "consisten
 
 @dataclass
 class DropleOptions(IVLPOptions):
-    """Options of ``drople`` (defaults = the base-to-novel configuration of methods.md §5.1).
+    """Options of ``drople`` (defaults = the base-to-novel configuration of docs/methods.md §5.1).
 
     ``dropout_rate`` is the single knob for sweeps. When set to r (0 ≤ r ≤ 1) it replaces the dropout range:
     ``iwtd.p_max = r``, ``iwtd.p_min = r / 5`` (the paper's 0.5 / 0.1 ratio; r = 0.5 gives the defaults) and, for

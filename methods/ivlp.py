@@ -1,4 +1,4 @@
-"""IVLP — independent vision-language prompting (methods.md §4.6), PromptSRC's baseline configuration.
+"""IVLP — independent vision-language prompting (docs/methods.md §4.6), PromptSRC's baseline configuration.
 
 Text: M=4 context at layer 0 from "a photo of a" plus fresh N(0, 0.02) prompts replacing positions 1..M before
 blocks 1..depth-1. Vision: n=4 tokens appended after the patches (before ``ln_pre``) plus deep prompts replacing

@@ -1,5 +1,5 @@
-"""KgCoOp (CVPR'23, methods.md §4.4): CoOp (M=4, "a photo of a") + W · (1 − mean cos) to the frozen hand-crafted
-text features of the training classes (W = 8). ``kg_loss=paper`` uses the paper's mean squared distance."""
+"""KgCoOp (CVPR'23, docs/methods.md §4.4): CoOp (M=4, "a photo of a") + W · (1 − mean cos) to the frozen
+hand-crafted text features of the training classes (W = 8). ``kg_loss=paper`` uses the paper's mean squared distance."""
 
 from __future__ import annotations
 

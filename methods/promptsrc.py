@@ -1,4 +1,4 @@
-"""PromptSRC (ICCV'23, methods.md §4.7): the IVLP prompts + self-regularisation towards the frozen model
+"""PromptSRC (ICCV'23, docs/methods.md §4.7): the IVLP prompts + self-regularisation towards the frozen model
 (L1 on text ×25 and image ×10 features, KL to the frozen logits) + Gaussian-weighted prompt aggregation (GPA).
 
 Teachers: the 60-template text ensemble of the training classes (mean of unnormalised features, normalised when

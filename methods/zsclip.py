@@ -1,4 +1,4 @@
-"""Zero-shot CLIP (methods.md §4.1): the dataset's hand-written template, no training."""
+"""Zero-shot CLIP (docs/methods.md §4.1): the dataset's hand-written template, no training."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Dataset loaders on fabricated miniature trees in every on-disk layout of protocols.md 2.1 / 2.4 / 5.5a."""
+"""Dataset loaders on fabricated miniature trees in every on-disk layout of docs/protocols.md §2.1, §2.4, §5.5a."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Transforms (methods.md 3.3), templates (4.7, 2.6) and the seeded DataLoader (3.4)."""
+"""Transforms (docs/methods.md §3.3), templates (docs/methods.md §4.7, §2.6) and the seeded DataLoader
+(docs/methods.md §3.4)."""
 
 from __future__ import annotations
 

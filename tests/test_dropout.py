@@ -1,5 +1,5 @@
 """Dropout Prompt Learning: the pure pieces (dplbench/dropout) on fixed tensors, then the `drople` adapter on a
-tiny open_clip model (methods.md §5.1)."""
+tiny open_clip model (docs/methods.md §5.1)."""
 
 from __future__ import annotations
 
@@ -334,7 +334,7 @@ def test_registered_with_aliases_and_recipes():
     assert (cross.epochs, cross.options["depth_text"], cross.options["depth_vision"]) == (20, 3, 3)
     few = DroPLe.recipe("few_shot", "dtd", 4)
     assert few.epochs == 50 and "depth_text" not in few.options
-    # LIFT long-tail uses the ImageNet-scale (cross-dataset) recipe like the other methods (protocols.md §5.5a)
+    # LIFT long-tail uses the ImageNet-scale (cross-dataset) recipe like the other methods (docs/protocols.md §5.5a)
     assert DroPLe.recipe("long_tail", "x", None) == DroPLe.recipe("cross_dataset", "x", None)
     assert DropleOptions().gpa is False
 

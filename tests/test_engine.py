@@ -19,7 +19,7 @@ from dplbench.errors import ConfigError
 from test_methods import _synth_template, make_method, synth_splits  # noqa: F401  (_synth_template: a fixture)
 
 
-# -- schedule (methods.md §3.2) ------------------------------------------------------------------------------
+# -- schedule (docs/methods.md §3.2) ------------------------------------------------------------------------------
 @pytest.mark.parametrize("lr, epochs, expected, rel", [
     (0.0035, 5, [1e-5, 3.500e-3, 3.166e-3, 2.291e-3, 1.209e-3], 5e-4),
     (0.0026, 2, [1e-5, 2.600e-3], 1e-9),
@@ -42,7 +42,7 @@ def test_schedule_never_reaches_zero():
     assert last > 0
 
 
-# -- GPA (methods.md §4.7) -----------------------------------------------------------------------------------
+# -- GPA (docs/methods.md §4.7) -----------------------------------------------------------------------------------
 def test_gpa_weights_match_spec():
     w = gpa_weights(20, 15, 1)
     assert sum(w) == pytest.approx(1.0)

@@ -275,7 +275,7 @@ def test_promptsrc_gpa_loads_weighted_prompts(tiny_backbone):
     assert all(torch.equal(before[k], v) for k, v in off.learned_state().items())
 
 
-# -- parameter counts on ViT-B/16 (methods.md §8) ------------------------------------------------------------
+# -- parameter counts on ViT-B/16 (docs/methods.md §8) ------------------------------------------------------------
 def test_parameter_counts_vit_b16(vitb16):
     counts = {
         "coop M=4": make_method("coop", vitb16).num_trainable(),

@@ -1,4 +1,4 @@
-"""Precision modes and device selection for the frozen backbone (methods.md §2.5, §3.6).
+"""Precision modes and device selection for the frozen backbone (docs/methods.md §2.5, §3.6).
 
 | mode            | frozen matmul weights | residual stream | autocast | prompts (method's job) |
 |-----------------|-----------------------|-----------------|----------|------------------------|

@@ -1,4 +1,4 @@
-"""Prompt-capable forward passes of open_clip's CLIP towers, rebuilt from the model's parts (methods.md §2.2-2.4).
+"""Prompt-capable forward passes of open_clip's CLIP towers, rebuilt from the model's parts (docs/methods.md §2.2-2.4).
 
 Both towers share one layer loop (:func:`run_blocks`) with three extension points:
 

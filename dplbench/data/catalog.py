@@ -1,4 +1,4 @@
-"""Registers the 17 standard datasets (protocols.md 2.1, 2.4, 5.5a) as `DatasetInfo` entries. No torch."""
+"""Registers the 17 standard datasets (docs/protocols.md §2.1, §2.4, §5.5a) as `DatasetInfo` entries. No torch."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Few-shot sampling (protocols.md 3): deterministic in (dataset, shots, seed), stored as portable JSON.
+"""Few-shot sampling (docs/protocols.md §3): deterministic in (dataset, shots, seed), stored as portable JSON.
 
 Samplers:
 - ``dassl_compatible``: Dassl's ``generate_fewshot_dataset`` on the split order: one RNG seeded with the seed;

@@ -1,4 +1,4 @@
-"""ImageNet and its four test-only variants (protocols.md 2.4).
+"""ImageNet and its four test-only variants (docs/protocols.md §2.4).
 
 Folder listings are cached (`cached_class_tree`), so a second construction does not walk 1.3M files, and every
 listing is sorted, so labels and the few-shot subsets do not depend on the file system's listing order.

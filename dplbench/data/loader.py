@@ -1,4 +1,4 @@
-"""torch Dataset over `DatasetSplits` items and a seeded DataLoader factory (methods.md 3.4)."""
+"""torch Dataset over `DatasetSplits` items and a seeded DataLoader factory (docs/methods.md §3.4)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Long-tail data: LIFT-style ImageNet-LT / Places-LT (loader, many/medium/few buckets, per-class accuracy) and
 the exponential imbalance applied to a training split (Candle / DroPLe long-tailed base-to-novel).
 
-protocols.md 5.5. Buckets by *training* count per class: many > 100, medium 20..100 (inclusive), few < 20.
+docs/protocols.md §5.5. Buckets by *training* count per class: many > 100, medium 20..100 (inclusive), few < 20.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Base/novel class split (protocols.md 4): sorted labels present in train; base = first ceil(n/2), novel = rest;
+"""Base/novel class split (docs/protocols.md §4): sorted labels present in train; base = first ceil(n/2), novel = rest;
 every split filtered and relabelled 0..k-1 in sorted order."""
 
 from __future__ import annotations

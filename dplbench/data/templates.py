@@ -34,7 +34,7 @@ METHOD_TEMPLATES: dict[str, dict[str, str]] = {
     "kgcoop": {"dtd": "a photo of a {}, a type of texture."},
 }
 
-# The 20 templates PromptSRC drops from the 80 (methods.md 4.7).
+# The 20 templates PromptSRC drops from the 80 (docs/methods.md §4.7).
 DROPPED_FROM_80: tuple[str, ...] = (
     "a jpeg corrupted photo of the {}.", "a good photo of a {}.", "a plushie {}.", "a photo of the nice {}.",
     "a photo of the small {}.", "a photo of the weird {}.", "the cartoon {}.", "art of the {}.",

@@ -1,4 +1,4 @@
-"""Image transforms (methods.md 3.3): Dassl's train transform and CLIP's test transform, with a readable
+"""Image transforms (docs/methods.md §3.3): Dassl's train transform and CLIP's test transform, with a readable
 description for result files. torchvision is imported inside `build_transform` only."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Reusable pieces of Dropout Prompt Learning (DroPLe, arXiv 2512.07234; methods.md §5.1).
+"""Reusable pieces of Dropout Prompt Learning (DroPLe, arXiv 2512.07234; docs/methods.md §5.1).
 
 - :mod:`.importance`: token layouts (content / eligible / global tokens per branch), the self-attention,
   class-attention and cross-modal scores, their combination and the drop probabilities.

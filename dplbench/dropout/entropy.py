@@ -1,4 +1,4 @@
-"""Residual entropy regularisation (methods.md §5.1.4).
+"""Residual entropy regularisation (docs/methods.md §5.1.4).
 
 ``Z^r = (Z^d − λ·Z^o) / den`` removes a share λ of the frozen encoder's output from the prompted one; the entropy
 of each residual, classified against the *other* modality's frozen features, is maximised. λ anneals from 0

@@ -1,4 +1,4 @@
-"""The per-forward layer hook that applies importance-weighted token dropout to one branch (methods.md §5.1.2).
+"""The per-forward layer hook that applies importance-weighted token dropout to one branch (docs/methods.md §5.1.2).
 
 The backbone calls ``hook(j, hidden, attn)`` on the output of every block j (``attn`` = that block's attention
 probabilities for captured layers). At an IWTD layer the hook scores the tokens, draws the selection and returns

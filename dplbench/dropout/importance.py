@@ -1,4 +1,4 @@
-"""Token importance and drop probabilities for importance-weighted token dropout (methods.md §5.1.2).
+"""Token importance and drop probabilities for importance-weighted token dropout (docs/methods.md §5.1.2).
 
 Each branch has a *global* token (vision: CLS at index 0; text: the EOT at ``argmax(ids)``), a *content* set over
 which the scores are normalised (vision: every other token; text: the positions before the EOT, so post-EOT

@@ -1,4 +1,4 @@
-"""Multimodal alignment guidance (MAG, methods.md §5.1.3).
+"""Multimodal alignment guidance (MAG, docs/methods.md §5.1.3).
 
 One module shared by both branches and every layer: M learnable tokens T [M, E] (Kaiming-uniform, a = √5) and a
 projection per branch (``Linear(D_v → E)``, ``Linear(D_t → E)``, with bias). On a block output h [N, S, D]:

@@ -1,4 +1,4 @@
-"""Sampling and perturbing the dropped tokens (methods.md §5.1.2, "Sampling" and "Perturbation modes").
+"""Sampling and perturbing the dropped tokens (docs/methods.md §5.1.2, "Sampling" and "Perturbation modes").
 
 A token j of sample n is selected when ``u < p[n, j]`` with u ~ U(0, 1), independently per (sample, token); the
 decision carries no gradient. Tokens with p = 0 (exempt ones) are never selected and never changed.

@@ -1,4 +1,4 @@
-"""On-disk caches of frozen features (methods.md §4.8).
+"""On-disk caches of frozen features (docs/methods.md §4.8).
 
 Every entry is keyed by the sha256 of a canonical JSON object naming everything the tensor depends on: backbone
 name, pretrained tag / checkpoint identity, precision, and then class names + templates (text) or dataset, split,

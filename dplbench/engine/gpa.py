@@ -1,4 +1,4 @@
-"""Gaussian-weighted prompt aggregation (PromptSRC, methods.md §4.7).
+"""Gaussian-weighted prompt aggregation (PromptSRC, docs/methods.md §4.7).
 
 Epoch e (1-based) gets weight g_e ∝ N(e; μ, σ²), normalised over e = 1..E. After each epoch the prompt tensors
 are added to a running sum with that weight; after the last epoch the sum replaces the prompts.

@@ -1,4 +1,4 @@
-"""Shared prompt-learner modules (methods.md §2.2, §2.3, §4.2, §4.6).
+"""Shared prompt-learner modules (docs/methods.md §2.2, §2.3, §4.2, §4.6).
 
 - :class:`TextPromptLearner`: M learnable context vectors in ``[SOS][ctx][CLASS].[EOS]`` (class position end,
   middle or front; one shared context or class-specific contexts), optionally initialised from the word

@@ -1,4 +1,4 @@
-"""Training recipes: per method and protocol family (methods.md §7), resolved against config overrides.
+"""Training recipes: per method and protocol family (docs/methods.md §7), resolved against config overrides.
 
 A method module declares a ``RECIPES`` mapping ``family -> Recipe`` (or a function of dataset and shots returning
 one). :func:`resolve_recipe` applies ``train.epochs/lr/batch_size`` and ``method.*`` overrides. No torch here.

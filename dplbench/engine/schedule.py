@@ -1,4 +1,4 @@
-"""Dassl's constant warm-up + cosine LR schedule in closed form, stepped once per epoch (methods.md §3.2).
+"""Dassl's constant warm-up + cosine LR schedule in closed form, stepped once per epoch (docs/methods.md §3.2).
 
 No torch: the trainer sets ``param_group["lr"]`` from :func:`lr_at_epoch` at the start of every epoch.
 """

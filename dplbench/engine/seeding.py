@@ -1,4 +1,4 @@
-"""Seeding of python, numpy and torch, and the deterministic switch (methods.md §3.6)."""
+"""Seeding of python, numpy and torch, and the deterministic switch (docs/methods.md §3.6)."""
 
 from __future__ import annotations
 

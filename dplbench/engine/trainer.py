@@ -1,4 +1,4 @@
-"""Training and evaluation loops (methods.md §3).
+"""Training and evaluation loops (docs/methods.md §3).
 
 - SGD (momentum 0.9, weight decay 5e-4) over the method's trainable parameters only; the LR of epoch k is
   :func:`~dplbench.engine.schedule.lr_at_epoch` (constant warm-up, cosine, stepped per epoch).

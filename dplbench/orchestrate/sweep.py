@@ -216,7 +216,7 @@ def plan_sweep(cfg: Config) -> SweepPlan:
 def objective(records: Sequence[Mapping[str, Any]], metric: str) -> float | None:
     """The sweep metric over the done records of one configuration (None when none of them has it).
 
-    ``hm``: HM of the mean Base and mean Novel (protocols.md §6); ``target_mean``: mean over units of the mean
+    ``hm``: HM of the mean Base and mean Novel (docs/protocols.md §6); ``target_mean``: mean over units of the mean
     ``acc/<target>`` over each unit's targets (source excluded); any other name: mean of that metric.
     """
     done = [r for r in records if r.get("status") == "done"]

@@ -2,7 +2,8 @@
 
 Importing this package is cheap: pandas and matplotlib load only when one of the functions below is first used.
 
-- ``aggregate(records, layout)`` -> tidy pandas DataFrame of every table cell (aggregation rules of protocols.md §6)
+- ``aggregate(records, layout)`` -> tidy pandas DataFrame of every table cell (aggregation rules of
+  docs/protocols.md §6)
 - ``build_tables(records, layout, *, protocol, out_dir, formats, reference)`` -> {format: path}
 - ``tables_from_results(output_dir, protocol, layout)`` -> the same, reading ``<output_dir>/runs``
 - ``render_terminal(records, layout)`` -> plain-text table

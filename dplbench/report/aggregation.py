@@ -1,4 +1,4 @@
-"""Every aggregation rule of the published tables, keyed by table layout (protocols.md §6).
+"""Every aggregation rule of the published tables, keyed by table layout (docs/protocols.md §6).
 
 Input: verified result records (``dplbench.results.read_result``). Output of :func:`aggregate`: a tidy DataFrame,
 one row per (variant, block, dataset, shots, metric), already in display order, with the seed mean, the sample

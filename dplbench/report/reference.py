@@ -167,7 +167,7 @@ class ReferenceNumbers:
         return pd.DataFrame([r.__dict__ for r in self.rows], columns=list(COLUMNS))
 
     def check(self, tolerance: float = DEFAULT_TOLERANCE) -> list[CheckProblem]:
-        """Every arithmetic rule of protocols.md §6 that the rows can be checked against."""
+        """Every arithmetic rule of docs/protocols.md §6 that the rows can be checked against."""
         problems: list[CheckProblem] = []
         groups: dict[tuple[str, str], dict[tuple[str, str], ReferenceRow]] = {}
         for r in self.rows:
