@@ -85,3 +85,17 @@ def test_the_guard_finds_a_spelled_subfolder(tmp_path):
     planted = tmp_path / "module.py"
     planted.write_text('from pathlib import Path\nOUT = Path("x") / "checkpoints" / "resume"\n')
     assert sorted(name for _, name in _output_path_joins(planted)) == ["checkpoints", "resume"]
+
+
+def test_every_layout_and_kind_has_its_record():
+    from dplbench.catalog import PROTOCOLS
+    from dplbench.execute import RUNNERS
+    from dplbench.report.layouts import LAYOUTS, layout_spec
+    from dplbench.vocabulary import Kind, Layout
+
+    assert set(LAYOUTS) == set(Layout) and set(RUNNERS) == set(Kind)
+    for name in PROTOCOLS.list():
+        protocol = PROTOCOLS.get(name)
+        spec = layout_spec(protocol.table["layout"])
+        assert spec.headline in spec.metrics
+        assert spec.transfer == (protocol.kind == "transfer")

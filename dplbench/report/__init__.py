@@ -18,8 +18,9 @@ from typing import Any
 
 _EXPORTS = {
     "aggregate": "dplbench.report.aggregation",
-    "resolve_layout": "dplbench.report.aggregation",
-    "LAYOUTS": "dplbench.report.aggregation",
+    "resolve_layout": "dplbench.report.layouts",
+    "layout_spec": "dplbench.report.layouts",
+    "LAYOUTS": "dplbench.report.layouts",
     "build_tables": "dplbench.report.tables",
     "render_terminal": "dplbench.report.tables",
     "tables_from_results": "dplbench.report.tables",

@@ -22,37 +22,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dplbench.errors import DplbenchError, UnknownNameError
+from dplbench.vocabulary import Layout
+
+from dplbench.errors import DplbenchError
+from dplbench.report.layouts import layout_spec
 from dplbench.report.reference import DATASET_ORDER, METHOD_ORDER, dataset_display, harmonic_mean, method_display
 
-LAYOUTS = ("base2novel", "cross_dataset", "domain_generalization", "few_shot", "long_tail")
-LAYOUT_ALIASES = {
-    "long_tail_b2n": "base2novel",
-    "long_tail_b2n_candle": "base2novel",
-    "long_tail_b2n_drople": "base2novel",
-    "long_tail_lift": "long_tail",
-    "transfer": "cross_dataset",
-}
-TRANSFER_LAYOUTS = ("cross_dataset", "domain_generalization")
-LAYOUT_METRICS = {
-    "base2novel": ("base", "novel", "hm"),
-    "cross_dataset": ("top1",),
-    "domain_generalization": ("top1",),
-    "few_shot": ("acc",),
-    "long_tail": ("many", "medium", "few", "overall"),
-}
 AVERAGE = "Average"
 COLUMNS = ("protocol", "layout", "variant", "method", "overrides", "source", "dataset", "shots", "metric", "role",
            "rule", "mean", "std", "n_seeds", "expected_seeds", "seeds", "values", "missing_seeds", "failed_seeds",
            "n_datasets", "expected_datasets", "complete", "notes")
-
-
-def resolve_layout(layout: str) -> str:
-    """Canonical layout name (protocol kinds such as ``long_tail_b2n`` map to their table layout)."""
-    layout = LAYOUT_ALIASES.get(layout, layout)
-    if layout not in LAYOUTS:
-        raise UnknownNameError("table layout", layout, LAYOUTS)
-    return layout
 
 
 @dataclass(frozen=True)
@@ -173,7 +152,8 @@ def _stats(values: Sequence[float]) -> tuple[float, float]:
 
 class _Builder:
     def __init__(self, records: Iterable[Mapping[str, Any]], layout: str, round_per_seed: int | None):
-        self.layout = resolve_layout(layout)
+        self.spec = layout_spec(layout)
+        self.layout = self.spec.name.value
         self.round_per_seed = round_per_seed
         self.obs = [_observation(r) for r in records]
         if not self.obs:
@@ -181,7 +161,7 @@ class _Builder:
         self.protocol = ",".join(sorted({o.protocol for o in self.obs}))
         self.rows: list[dict[str, Any]] = []
         all_shots = {o.shots for o in self.obs}
-        mixed_shots = self.layout != "few_shot" and len(all_shots) > 1
+        mixed_shots = not self.spec.by_shots and len(all_shots) > 1
         self.common_shots = next(iter(all_shots)) if len(all_shots) == 1 else None
         self.variant_of = {id(o): Variant(o.method, o.overrides, o.shots if mixed_shots else None) for o in self.obs}
         configs = [o.config for o in self.obs]
@@ -293,9 +273,9 @@ class _Builder:
                              DATASET_ORDER)
 
     def build(self) -> list[dict[str, Any]]:
-        if self.layout in TRANSFER_LAYOUTS:
+        if self.spec.transfer:
             self.build_transfer()
-        elif self.layout == "few_shot":
+        elif self.spec.by_shots:
             self.build_few_shot()
         else:
             self.build_per_dataset()
@@ -303,9 +283,9 @@ class _Builder:
 
     def build_per_dataset(self) -> None:
         """base2novel (Average block first, HM of means) and long_tail (no Average)."""
-        metrics = LAYOUT_METRICS[self.layout]
+        metrics = self.spec.metrics
         datasets = self.datasets()
-        b2n = self.layout == "base2novel"
+        b2n = self.spec.name is Layout.base2novel
         cells: dict[tuple[Variant, str, str], _Cell] = {}
         for variant, vobs in self.by_variant().items():
             for d in datasets:

@@ -16,15 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from dplbench.errors import DplbenchError, UnknownNameError
-from dplbench.report.aggregation import AVERAGE, LAYOUT_METRICS, TRANSFER_LAYOUTS, aggregate, resolve_layout
+from dplbench.report.aggregation import AVERAGE, aggregate
+from dplbench.report.layouts import layout_spec, resolve_layout
 from dplbench.report.reference import dataset_display, method_display
 
 log = logging.getLogger(__name__)
 
 PLOT_KINDS = ("ablation", "heatmap", "base_novel", "few_shot")
 PLOT_FORMATS = ("png", "pdf")
-HEADLINE_METRIC = {"base2novel": "hm", "cross_dataset": "top1", "domain_generalization": "top1", "few_shot": "acc",
-                   "long_tail": "overall"}
 
 
 def infer_layout(records: Sequence[Mapping[str, Any]]) -> str:
@@ -47,7 +46,7 @@ def _selection(frame, layout: str, metric: str, dataset: str | None, shots: int 
     Few-shot sweeps are compared at one shot count: ``shots``, default the largest.
     """
     rows = frame[frame["metric"] == metric]
-    if layout == "few_shot" and shots != "all":
+    if layout_spec(layout).by_shots and shots != "all":
         counts = sorted(int(k) for k in rows["shots"].dropna().unique())
         if shots is None:
             shots = counts[-1]
@@ -110,14 +109,15 @@ def _save(fig, out_dir: Path, stem: str, formats: Sequence[str]) -> list[Path]:
 
 
 def _shots_tag(rows, layout: str) -> str:
-    return f"_{int(rows['shots'].dropna().iloc[0])}shot" if layout == "few_shot" and len(rows) else ""
+    return f"_{int(rows['shots'].dropna().iloc[0])}shot" if layout_spec(layout).by_shots and len(rows) else ""
 
 
 def _metric_label(layout: str, metric: str, dataset: str, rows=None) -> str:
     names = {"hm": "HM", "base": "Base", "novel": "Novel", "top1": "top-1", "acc": "accuracy", "overall": "overall"}
-    where = "average over targets" if dataset == AVERAGE and layout in TRANSFER_LAYOUTS else (
+    spec = layout_spec(layout)
+    where = "average over targets" if dataset == AVERAGE and spec.transfer else (
         "average" if dataset == AVERAGE else dataset_display(dataset))
-    shots = sorted({int(k) for k in rows["shots"].dropna()}) if rows is not None and layout == "few_shot" else []
+    shots = sorted({int(k) for k in rows["shots"].dropna()}) if rows is not None and spec.by_shots else []
     return f"{names.get(metric, metric)} (%), {where}" + (f", {shots[0]}-shot" if len(shots) == 1 else "")
 
 
@@ -284,9 +284,10 @@ def make_plots(records: Iterable[Mapping[str, Any]], kind: str, out_dir: str | P
     layout = resolve_layout(layout) if layout else infer_layout(records)
     if protocol is None:
         protocol = "_".join(sorted({str((r.get("unit") or {}).get("protocol", layout)) for r in records}))
-    metric = metric or HEADLINE_METRIC[layout]
-    if metric not in LAYOUT_METRICS[layout]:
-        raise UnknownNameError(f"{layout} metric", metric, LAYOUT_METRICS[layout])
+    spec = layout_spec(layout)
+    metric = metric or spec.headline
+    if metric not in spec.metrics:
+        raise UnknownNameError(f"{layout} metric", metric, spec.metrics)
     frame = aggregate(records, layout)
     out = Path(out_dir)
     common = {"protocol": protocol, "formats": formats}

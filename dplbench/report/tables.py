@@ -18,7 +18,9 @@ from typing import Any
 import pandas as pd
 
 from dplbench.errors import DplbenchError, UnknownNameError
-from dplbench.report.aggregation import AVERAGE, TRANSFER_LAYOUTS, aggregate, resolve_layout
+from dplbench.report.aggregation import AVERAGE, aggregate
+from dplbench.report.layouts import layout_spec, resolve_layout
+from dplbench.vocabulary import Layout
 from dplbench.report.reference import (AVERAGE_MEMBERS, COMPARABLE_METHODS, DATASET_NAMES, NOT_COMPARABLE_NOTES,
                                        PUBLISHED_SHOTS, ReferenceNumbers, dataset_display, load_reference)
 from dplbench.fileio import atomic_write_text
@@ -29,21 +31,6 @@ DAGGER = "†"
 DASH = "—"
 METRIC_HEADERS = {"base": "Base", "novel": "Novel", "hm": "HM", "many": "Many", "medium": "Medium", "few": "Few",
                   "overall": "Overall"}
-CAPTIONS = {
-    "base2novel": "Base-to-novel generalisation: accuracy (%) on base and novel classes and their harmonic mean",
-    "cross_dataset": "Cross-dataset transfer: top-1 accuracy (%) on the source and every target",
-    "domain_generalization": "Domain generalisation: top-1 accuracy (%) on the source and its shifted variants",
-    "few_shot": "Few-shot classification: top-1 accuracy (%) per number of shots per class",
-    "long_tail": "Long-tailed classification: accuracy (%) per class-frequency bucket and overall",
-}
-RULES = {
-    "base2novel": "HM is computed from the seed means of Base and Novel; the Average block averages Base and Novel "
-                  "over the datasets and its HM is the HM of those averages (not the mean of per-dataset HMs).",
-    "cross_dataset": "Average: mean over the targets, source excluded.",
-    "domain_generalization": "Average: mean over the target variants, source excluded.",
-    "few_shot": "Average: mean over the datasets for each number of shots.",
-    "long_tail": "Many / medium / few: mean per-class accuracy within each training-frequency bucket.",
-}
 
 
 @dataclass
@@ -86,15 +73,16 @@ class TableModel:
 
 # --- model ------------------------------------------------------------------------------------------------------
 def _column_key(row: Mapping[str, Any], layout: str) -> Any:
-    if layout in TRANSFER_LAYOUTS:
+    spec = layout_spec(layout)
+    if spec.transfer:
         return row["dataset"]
-    if layout == "few_shot":
+    if spec.by_shots:
         return int(row["shots"])
     return row["metric"]
 
 
 def _block_key(row: Mapping[str, Any], layout: str) -> str:
-    return row["source"] if layout in TRANSFER_LAYOUTS else row["dataset"]
+    return row["source"] if layout_spec(layout).transfer else row["dataset"]
 
 
 def _resolve_reference(reference: Any, protocol: str) -> ReferenceNumbers | None:
@@ -113,16 +101,17 @@ def _resolve_reference(reference: Any, protocol: str) -> ReferenceNumbers | None
 
 
 def _reference_key(layout: str, block: str, column: Any) -> tuple[str, str] | None:
-    if layout == "base2novel":
+    spec = layout_spec(layout)
+    if spec.name is Layout.base2novel:
         return block, column
-    if layout in TRANSFER_LAYOUTS:
+    if spec.transfer:
         return column, "top1"
     return None
 
 
 def _average_members(frame, layout: str) -> set[str]:
     """Datasets averaged in the Average cells (b2n: every dataset; transfer: the targets)."""
-    if layout in TRANSFER_LAYOUTS:
+    if layout_spec(layout).transfer:
         return set(frame.loc[frame["role"] == "target", "dataset"])
     return set(frame.loc[frame["role"] == "dataset", "dataset"])
 
@@ -148,12 +137,13 @@ def _average_comparable(frame, layout: str, protocol: str) -> bool:
 def build_model(frame, layout: str, *, protocol: str, reference: Any = None, decimals: int = 2,
                 show_std: bool = True) -> TableModel:
     """Turn the aggregated frame into blocks of rows with bold best cells, published rows and notes."""
-    layout = resolve_layout(layout)
+    spec = layout_spec(layout)
+    layout = spec.name.value
     records = frame.to_dict("records")
     ref = _resolve_reference(reference, protocol)
     average_ok = _average_comparable(frame, layout, protocol)
     columns_keys = list(dict.fromkeys(_column_key(r, layout) for r in records))
-    if layout in TRANSFER_LAYOUTS:
+    if spec.transfer:
         roles = {r["dataset"]: r["role"] for r in records}
         columns_keys = ([c for c in columns_keys if roles[c] == "source"] + [c for c in columns_keys
                         if roles[c] == "target"] + [AVERAGE])
@@ -165,7 +155,7 @@ def build_model(frame, layout: str, *, protocol: str, reference: Any = None, dec
     blocks: list[Block] = []
     used_sources: dict[str, set[str]] = {}
     for bkey in block_keys:
-        block = Block(None if (layout in TRANSFER_LAYOUTS and len(block_keys) == 1) else dataset_display(bkey))
+        block = Block(None if (spec.transfer and len(block_keys) == 1) else dataset_display(bkey))
         for variant in variants:
             present = [by_cell.get((bkey, variant, c)) for c in columns_keys]
             if all(p is None for p in present):
@@ -188,18 +178,11 @@ def build_model(frame, layout: str, *, protocol: str, reference: Any = None, dec
         blocks.append(block)
 
     columns = [_column_header(c, layout) for c in columns_keys]
-    groups: list[tuple[str, int]] = []
-    if layout in TRANSFER_LAYOUTS:
-        groups = [("Source", 1), ("Target", len(columns_keys) - 1)]
-    elif layout == "few_shot":
-        groups = [("Shots per class", len(columns_keys))]
-    elif layout == "long_tail":
-        groups = [("Bucket", 3), ("", len(columns_keys) - 3)]
-    block_header = None if layout in TRANSFER_LAYOUTS and len(block_keys) == 1 else (
-        "Source" if layout in TRANSFER_LAYOUTS else "Dataset")
+    groups = spec.column_groups(len(columns_keys))
+    block_header = None if spec.transfer and len(block_keys) == 1 else ("Source" if spec.transfer else "Dataset")
     standard = ref is not None and any(d in DATASET_NAMES for d in frame["dataset"])
     notes = _notes(layout, records, used_sources, standard, {r["method"] for r in records})
-    return TableModel(protocol, layout, CAPTIONS[layout], columns, groups, block_header, blocks, notes, decimals,
+    return TableModel(protocol, layout, spec.caption, columns, groups, block_header, blocks, notes, decimals,
                       show_std)
 
 
@@ -215,9 +198,10 @@ def _cell(row: Mapping[str, Any]) -> Cell:
 
 
 def _column_header(key: Any, layout: str) -> str:
-    if layout in TRANSFER_LAYOUTS:
+    spec = layout_spec(layout)
+    if spec.transfer:
         return AVERAGE if key == AVERAGE else dataset_display(key)
-    if layout == "few_shot":
+    if spec.by_shots:
         return f"{key}-shot"
     return METRIC_HEADERS.get(key, key)
 
@@ -242,7 +226,7 @@ def _notes(layout: str, records: list[Mapping[str, Any]], used_sources: Mapping[
     over = (f"over {expected[0]} seeds ({', '.join(map(str, seeds))})" if len(expected) == 1
             else "over the expected seeds of each cell")
     notes = [f"Mean ± sample std (ddof=1) {over}; (n/N) = seeds with a result / expected seeds. "
-             + RULES[layout]]
+             + layout_spec(layout).rule]
     footnotes = list(dict.fromkeys(n for r in records for n in r["notes"]))
     notes += [f"{DAGGER} {n}" for n in footnotes]
     if used_sources:
@@ -286,7 +270,7 @@ def _row_label(row: Row, tex: bool = False) -> str:
 def _grid(model: TableModel, *, bold: bool) -> tuple[list[str], list[list[str]], list[int]]:
     """Header, body rows (with a leading block column when there are blocks) and indices of block starts."""
     header = ([model.block_header] if model.block_header else []) + ["Method"] + list(model.columns)
-    if model.layout in TRANSFER_LAYOUTS and header:
+    if layout_spec(model.layout).transfer and header:
         idx = 1 if model.block_header else 0
         header[idx + 1] += " (source)"
     body: list[list[str]] = []
