@@ -26,11 +26,11 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
+from dplbench.data.templates import resolve_templates
 from dplbench.dropout.entropy import residual_entropies, residual_lambda
 from dplbench.dropout.hook import BranchDropoutHook, IWTDSettings
 from dplbench.dropout.importance import SCORES, text_layout, vision_layout
 from dplbench.dropout.mag import MultimodalAlignmentGuidance, mag_loss
-from dplbench.data.templates import resolve_templates
 from dplbench.dropout.perturb import MODES
 from dplbench.engine.deep_prompted import DeepPromptedMethod, DeepPromptOptions
 from dplbench.engine.gpa import GaussianPromptAggregation, few_shot_gpa
