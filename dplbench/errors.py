@@ -24,6 +24,10 @@ class UnknownNameError(DplbenchError):
         super().__init__(unknown_choice_message(kind, name, self.choices))
 
 
+class RegistryError(DplbenchError):
+    """An adapter or plugin that registers itself in a way dplbench cannot read (names the file and line)."""
+
+
 class DataNotFoundError(DplbenchError):
     """A dataset folder, split file or image is missing or malformed."""
 

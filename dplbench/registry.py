@@ -80,9 +80,13 @@ class Registry(Generic[T]):
     # -- lookup ---------------------------------------------------------------------------------
     def _ensure(self) -> None:
         if not self._discovered:
-            self._discovered = True
-            for fn in self._discoverers:
-                fn(self)
+            self._discovered = True  # set first: a discoverer may query the registry it fills
+            try:
+                for fn in self._discoverers:
+                    fn(self)
+            except BaseException:
+                self._discovered = False  # a failed discovery raises again on the next query, never half-silently
+                raise
         if not self._entry_points_loaded:
             self._entry_points_loaded = True
             self._load_entry_points()

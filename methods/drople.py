@@ -26,17 +26,21 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
+from dplbench.data.templates import resolve_templates
 from dplbench.dropout.entropy import residual_entropies, residual_lambda
 from dplbench.dropout.hook import BranchDropoutHook, IWTDSettings
 from dplbench.dropout.importance import SCORES, text_layout, vision_layout
 from dplbench.dropout.mag import MultimodalAlignmentGuidance, mag_loss
 from dplbench.dropout.perturb import MODES
+from dplbench.engine.deep_prompted import DeepPromptedMethod, DeepPromptOptions
+from dplbench.engine.gpa import GaussianPromptAggregation, few_shot_gpa
 from dplbench.engine.method import StepState, register_method
 from dplbench.engine.recipes import Recipe
+from dplbench.engine.teachers import FrozenTeacher, kl_to_frozen, l1_consistency
 from dplbench.errors import ConfigError
-from dplbench.methods.ivlp import BATCH, LR, IVLPOptions
-from dplbench.methods.promptsrc import FEW_SHOT_NARROW_GPA, PromptSRC, kl_to_frozen, l1_consistency
 
+LR = 0.0025
+BATCH = 4
 BRANCHES = ("vision", "text")
 TEACHER_TEXT = {"ensemble": "ensemble60", "single": "dataset"}
 TEACHER_VIEWS = ("augmented", "clean")
@@ -80,7 +84,7 @@ _NESTED = {"iwtd": IWTDOptions, "res": ResOptions, "mag": MAGOptions, "consisten
 
 
 @dataclass
-class DropleOptions(IVLPOptions):
+class DropleOptions(DeepPromptOptions):
     """Options of ``drople`` (defaults = the base-to-novel configuration of docs/methods.md §5.1).
 
     ``dropout_rate`` is the single knob for sweeps. When set to r (0 ≤ r ≤ 1) it replaces the dropout range:
@@ -168,7 +172,7 @@ def _subset(name: str, values: list[str], choices: tuple[str, ...], *, allow_emp
 
 
 def _few_shot(dataset: str, shots: int | None) -> Recipe:
-    mean, std = (45.0, 5.0) if dataset in FEW_SHOT_NARROW_GPA else (30.0, 30.0)
+    mean, std = few_shot_gpa(dataset)
     return Recipe(50, LR, BATCH, options={"gpa_mean": mean, "gpa_std": std},
                   source="[choice] PromptSRC few-shot recipe: ep50, depth 9, no GPA")
 
@@ -181,8 +185,8 @@ _CROSS = Recipe(20, LR, BATCH, options={"depth_text": 3, "depth_vision": 3, "gpa
 @register_method("drople", aliases=("dple", "dropout_prompt"),
                  description="Dropout Prompt Learning (generic, IVLP prompts): importance-weighted token dropout, "
                              "MAG, residual entropy, PromptSRC consistency")
-class DroPLe(PromptSRC):
-    """DroPLe on the IVLP backbone; see the module docstring and :class:`DropleOptions`."""
+class DroPLe(GaussianPromptAggregation, DeepPromptedMethod):
+    """DroPLe on IVLP-style deep prompts; see the module docstring and :class:`DropleOptions`."""
 
     Options = DropleOptions
     RECIPES = {"base2novel": _B2N, "cross_dataset": _CROSS, "few_shot": _few_shot, "long_tail": _CROSS}  # LIFT: ImageNet-scale recipe
@@ -190,6 +194,7 @@ class DroPLe(PromptSRC):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)  # builds the IVLP prompts first: same init as IVLP for the same seed
         b, o = self.backbone, self.options
+        self.teacher = FrozenTeacher(b, self.context.cache_dir)
         self.mag = MultimodalAlignmentGuidance(b.vision_width, b.text_width, b.embed_dim,
                                                num_tokens=o.mag.num_tokens, tau=o.mag.tau).to(
             device=b.device, dtype=self.param_dtype)
@@ -207,9 +212,11 @@ class DroPLe(PromptSRC):
 
     # -- teachers --------------------------------------------------------------------------------------
     def teacher_templates(self) -> list[str]:
-        from dplbench.methods.zsclip import resolve_templates
-
         return resolve_templates(TEACHER_TEXT[self.options.teacher_text], self.dataset_name)
+
+    def teacher_text(self) -> torch.Tensor:
+        """Normalised frozen text teacher [C, E] of the current (training) classes."""
+        return self.teacher.text(self.classnames, self.teacher_templates())
 
     # -- prompted forward passes with the dropout hooks ---------------------------------------------------
     def _inserted(self, branch: str, deep: list[torch.Tensor | None] | None
@@ -235,7 +242,7 @@ class DroPLe(PromptSRC):
     def _image_pass(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         vp = self.vision_prompts
         deep, inserted = self._inserted("vision", vp.deep_prompts())
-        seq = self.backbone.model.visual.positional_embedding.shape[0] + vp.n_ctx  # CLS + patches + prompts
+        seq = self.backbone.vision_tokens + vp.n_ctx  # CLS + patches + prompts
         hook = BranchDropoutHook("vision", vision_layout(images.shape[0], seq, self.device), self.iwtd,
                                  iwtd_layers=self.iwtd_layers["vision"], mag=self.mag, mag_layers=self.mag_layers,
                                  inserted=inserted, prompts_at_end=True)
@@ -253,11 +260,11 @@ class DroPLe(PromptSRC):
     def _frozen_image(self, images: torch.Tensor, state: StepState) -> torch.Tensor:
         """The image teacher: frozen features of this augmented batch, or of the clean images (precomputed)."""
         if not self.needs_clean_features:
-            return self.teacher_image(images)
+            return self.teacher.image(images)
         if state.clean_features is None:
             raise ConfigError("teacher_view=clean needs the clean images' features (StepState.clean_features); "
                               "the trainer provides them when given clean_transform")
-        return F.normalize(state.clean_features.float(), dim=-1)
+        return self.teacher.normalized(state.clean_features)
 
     def training_step(self, images: torch.Tensor, labels: torch.Tensor, state: StepState) -> dict[str, torch.Tensor]:
         o = self.options
@@ -299,7 +306,7 @@ class DroPLe(PromptSRC):
     # -- provenance ------------------------------------------------------------------------------------
     def faithfulness(self) -> dict[str, Any]:
         o = self.options
-        out = super(PromptSRC, self).faithfulness()
+        out = super().faithfulness()
         out.update({
             "variant": "generic DroPLe on IVLP prompts (not comparable with the paper's LLaMP-based numbers)",
             "loss": (f"ce + {o.consistency.text_l1}·L1(text) + {o.consistency.image_l1}·L1(image) + "

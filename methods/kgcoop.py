@@ -9,11 +9,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from dplbench.engine.cache import feature_cache, frozen_text_features
 from dplbench.engine.method import StepState, register_method
 from dplbench.engine.recipes import Recipe
+from dplbench.engine.teachers import FrozenTeacher
+from dplbench.engine.text_prompted import TextPromptedMethod
 from dplbench.errors import ConfigError
-from dplbench.methods.coop import FrozenImageTowerMethod
 
 KG_FORMS = ("code", "paper")
 _RECIPE = Recipe(100, 0.002, 128, source="KgCoOp vit_b16_ep100_ctxv1 (W=8.0, scripts/run.sh)")
@@ -41,7 +41,7 @@ def kg_penalty(text: torch.Tensor, teacher: torch.Tensor, form: str = "code") ->
 
 
 @register_method("kgcoop", description="KgCoOp: CoOp + W·(1 − cos) to the frozen hand-crafted text features (W=8)")
-class KgCoOp(FrozenImageTowerMethod):
+class KgCoOp(TextPromptedMethod):
     Options = KgCoOpOptions
     RECIPES = {"base2novel": _RECIPE, "cross_dataset": _RECIPE, "few_shot": _RECIPE, "long_tail": _RECIPE}
 
@@ -49,11 +49,7 @@ class KgCoOp(FrozenImageTowerMethod):
         super().__init__(*args, **kwargs)
         if self.options.kg_loss not in KG_FORMS:
             raise ConfigError(f"kg_loss must be one of {', '.join(KG_FORMS)}, got {self.options.kg_loss!r}")
-        self._teacher: torch.Tensor | None = None
-
-    def build_class_state(self) -> None:
-        super().build_class_state()
-        self._teacher = None
+        self.teacher = FrozenTeacher(self.backbone, self.context.cache_dir)
 
     def template(self) -> str:
         from dplbench.data.templates import dataset_template
@@ -62,11 +58,7 @@ class KgCoOp(FrozenImageTowerMethod):
 
     def teacher_text(self) -> torch.Tensor:
         """w_clip: normalised frozen features of the template for the current (training) classes."""
-        if self._teacher is None:
-            feats = frozen_text_features(self.backbone, self.classnames, [self.template()],
-                                         feature_cache(self.context.cache_dir))
-            self._teacher = F.normalize(feats.float(), dim=-1)
-        return self._teacher
+        return self.teacher.text(self.classnames, [self.template()])
 
     def training_step(self, images: torch.Tensor, labels: torch.Tensor, state: StepState) -> dict[str, torch.Tensor]:
         terms, text = self.ce_step(images, labels)

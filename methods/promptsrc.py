@@ -1,9 +1,9 @@
-"""PromptSRC (ICCV'23, docs/methods.md §4.7): the IVLP prompts + self-regularisation towards the frozen model
+"""PromptSRC (ICCV'23, docs/methods.md §4.7): IVLP-style deep prompts + self-regularisation towards the frozen model
 (L1 on text ×25 and image ×10 features, KL to the frozen logits) + Gaussian-weighted prompt aggregation (GPA).
 
-Teachers: the 60-template text ensemble of the training classes (mean of unnormalised features, normalised when
-used, cached on disk) and the frozen, prompt-free image features of the same augmented batch (the same backbone
-with prompts off, computed once per step without grad).
+Teachers (:mod:`dplbench.engine.teachers`): the 60-template text ensemble of the training classes (mean of
+unnormalised features, normalised when used, cached on disk) and the frozen, prompt-free image features of the
+same augmented batch (the same backbone with prompts off, computed once per step without grad).
 """
 
 from __future__ import annotations
@@ -14,18 +14,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from dplbench.engine.cache import feature_cache, frozen_text_features
-from dplbench.engine.gpa import GaussianPromptAggregator, gpa_weights
+from dplbench.data.templates import resolve_templates
+from dplbench.engine.deep_prompted import DeepPromptedMethod, DeepPromptOptions
+from dplbench.engine.gpa import FEW_SHOT_NARROW_GPA, GaussianPromptAggregation, few_shot_gpa, gpa_weights
 from dplbench.engine.method import StepState, register_method
 from dplbench.engine.recipes import Recipe
-from dplbench.methods.ivlp import BATCH, LR, IVLP, IVLPOptions
+from dplbench.engine.teachers import FrozenTeacher, kl_to_frozen, l1_consistency
 
-# Few-shot GPA (vit_b16_c2_ep50_batch4_4+4ctx_few_shot.yaml): μ45 σ5 for these, μ30 σ30 for the others.
-FEW_SHOT_NARROW_GPA = frozenset({"stanford_cars", "oxford_flowers", "fgvc_aircraft", "dtd", "eurosat"})
+LR = 0.0025
+BATCH = 4
 
 
 @dataclass
-class PromptSRCOptions(IVLPOptions):
+class PromptSRCOptions(DeepPromptOptions):
     text_loss_weight: float = 25.0
     image_loss_weight: float = 10.0
     kl_weight: float = 1.0
@@ -36,7 +37,7 @@ class PromptSRCOptions(IVLPOptions):
 
 
 def _few_shot(dataset: str, shots: int | None) -> Recipe:
-    mean, std = (45.0, 5.0) if dataset in FEW_SHOT_NARROW_GPA else (30.0, 30.0)
+    mean, std = few_shot_gpa(dataset)
     return Recipe(50, LR, BATCH, options={"gpa_mean": mean, "gpa_std": std},
                   source="PromptSRC vit_b16_c2_ep50_batch4_4+4ctx_few_shot" +
                   ("" if dataset in FEW_SHOT_NARROW_GPA or dataset == "imagenet" else " ([choice] GPA μ30 σ30)"))
@@ -45,18 +46,6 @@ def _few_shot(dataset: str, shots: int | None) -> Recipe:
 _B2N = Recipe(20, LR, BATCH, source="PromptSRC vit_b16_c2_ep20_batch4_4+4ctx (GPA μ15 σ1)")
 _CROSS = Recipe(20, LR, BATCH, options={"depth_text": 3, "depth_vision": 3, "gpa_mean": 6.0, "gpa_std": 10.0},
                 source="PromptSRC vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets (depth 3, GPA μ6 σ10)")
-
-
-def l1_consistency(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """mean |x − target| over all entries (fp32)."""
-    return F.l1_loss(x.float(), target.float(), reduction="mean")
-
-
-def kl_to_frozen(logits: torch.Tensor, frozen_logits: torch.Tensor) -> torch.Tensor:
-    """KL(frozen ‖ prompted) summed over all entries and divided by their number (B·C), in fp32."""
-    log_p = F.log_softmax(logits.float(), dim=-1)
-    log_q = F.log_softmax(frozen_logits.float(), dim=-1)
-    return F.kl_div(log_p, log_q, reduction="sum", log_target=True) / logits.numel()
 
 
 def promptsrc_terms(logits: torch.Tensor, labels: torch.Tensor, image: torch.Tensor, frozen_image: torch.Tensor,
@@ -73,37 +62,25 @@ def promptsrc_terms(logits: torch.Tensor, labels: torch.Tensor, image: torch.Ten
 
 
 @register_method("promptsrc", description="PromptSRC: IVLP + L1/KL self-regularisation to frozen CLIP + GPA")
-class PromptSRC(IVLP):
+class PromptSRC(GaussianPromptAggregation, DeepPromptedMethod):
     Options = PromptSRCOptions
     RECIPES = {"base2novel": _B2N, "cross_dataset": _CROSS, "few_shot": _few_shot, "long_tail": _CROSS}
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self._teacher: torch.Tensor | None = None
-        self.gpa: GaussianPromptAggregator | None = None
-
-    def build_class_state(self) -> None:
-        super().build_class_state()
-        self._teacher = None
+        self.teacher = FrozenTeacher(self.backbone, self.context.cache_dir)
 
     # -- teachers --------------------------------------------------------------------------------------
     def teacher_templates(self) -> list[str]:
-        from dplbench.methods.zsclip import resolve_templates
-
         return resolve_templates(self.options.teacher_templates, self.dataset_name)
 
     def teacher_text(self) -> torch.Tensor:
         """Normalised frozen text teacher [C, E] of the current (training) classes."""
-        if self._teacher is None:
-            feats = frozen_text_features(self.backbone, self.classnames, self.teacher_templates(),
-                                         feature_cache(self.context.cache_dir))
-            self._teacher = F.normalize(feats.float(), dim=-1)
-        return self._teacher
+        return self.teacher.text(self.classnames, self.teacher_templates())
 
-    @torch.no_grad()
     def teacher_image(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised frozen, prompt-free image features of the same (augmented) batch."""
-        return F.normalize(self.backbone.frozen_image_features(images).float(), dim=-1)
+        return self.teacher.image(images)
 
     # -- training --------------------------------------------------------------------------------------
     def training_step(self, images: torch.Tensor, labels: torch.Tensor, state: StepState) -> dict[str, torch.Tensor]:
@@ -117,28 +94,6 @@ class PromptSRC(IVLP):
         return promptsrc_terms(logits, labels, image, frozen_image, text, frozen_text, frozen_logits,
                                text_weight=o.text_loss_weight, image_weight=o.image_loss_weight,
                                kl_weight=o.kl_weight)
-
-    def on_epoch_end(self, epoch: int, num_epochs: int) -> None:
-        """GPA: add this epoch's prompts with weight g_epoch; after the last epoch load the aggregate."""
-        if not self.options.gpa:
-            return
-        if self.gpa is None:
-            self.gpa = GaussianPromptAggregator(num_epochs, self.options.gpa_mean, self.options.gpa_std)
-        self.gpa.add(epoch, dict(self.named_parameters()))
-        if epoch == num_epochs:
-            self.load_learned_state(self.gpa.result(dict(self.named_parameters())))
-
-    def resume_state(self) -> dict[str, Any]:
-        state = super().resume_state()
-        if self.gpa is not None:
-            state["gpa"] = self.gpa.state_dict()
-        return state
-
-    def load_resume_state(self, state: Any) -> None:
-        super().load_resume_state(state)
-        if "gpa" in state:
-            self.gpa = GaussianPromptAggregator(self.context.num_epochs, self.options.gpa_mean, self.options.gpa_std)
-            self.gpa.load_state_dict(state["gpa"])
 
     def faithfulness(self) -> dict[str, Any]:
         o = self.options

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from dplbench.data.templates import resolve_templates
 from dplbench.engine.cache import feature_cache, frozen_text_features
 from dplbench.engine.method import FROZEN_IMAGE_TOWER, PromptMethod, register_method
 from dplbench.engine.recipes import Recipe
@@ -21,20 +22,6 @@ class ZSCLIPOptions:
     # ("ensemble60", "openai80", "select7") averages the unnormalised features over that set; anything containing
     # "{}" is used as a literal template.
     template: str = "dataset"
-
-
-def resolve_templates(choice: str, dataset: str, method: str | None = None) -> list[str]:
-    """Template list for a ``template`` option value (see ZSCLIPOptions)."""
-    from dplbench.data.templates import TEMPLATE_SETS, dataset_template, template_set
-
-    if choice == "dataset":
-        return [dataset_template(dataset, method)]
-    if "{}" in choice:
-        return [choice]
-    if choice in TEMPLATE_SETS:
-        return list(template_set(choice))
-    template_set(choice)  # raises UnknownNameError with the valid choices
-    return []
 
 
 @register_method("zsclip", aliases=("clip", "zeroshot"),

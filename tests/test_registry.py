@@ -74,3 +74,59 @@ def test_builtin_methods_are_discovered_without_importing_them():
         assert not any(m.startswith("dplbench.methods.") for m in sys.modules)
     """)
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _adapter_package(tmp_path, monkeypatch, name: str, source: str) -> str:
+    """A temporary adapter package (``name`` made unique per test: importlib keeps packages it has seen) with one
+    module ``adapter.py`` holding ``source``; returns the package name."""
+    name = f"{name}_{tmp_path.name.replace('-', '_')}"
+    package = tmp_path / name
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "adapter.py").write_text(textwrap.dedent(source))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return name
+
+
+@pytest.mark.parametrize("decorator, problem", [
+    ('register_method(NAME, description="x")', "the method name of register_method must be a literal"),
+    ('register_method("dummy", description=DESCRIPTION)', "description of register_method must be a literal"),
+    ('register_method("dummy", aliases=tuple(ALIASES))', "aliases of register_method must be a literal"),
+    ('register_method("dummy", **OPTIONS)', "register_method got **OPTIONS"),
+    ('register_method(description="x")', "needs the method name as its one positional argument"),
+    ('register_method(3)', "the method name of register_method must be a str"),
+    ('register_method("dummy", aliases=("a", 1))', "aliases must be strings"),
+])
+def test_non_literal_register_method_is_an_error_naming_file_and_line(tmp_path, monkeypatch, decorator, problem):
+    from dplbench.catalog import _discover_methods
+    from dplbench.errors import RegistryError
+
+    package = _adapter_package(tmp_path, monkeypatch, "bad_adapters_for_test", f"""
+        NAME = "dummy"
+        DESCRIPTION = ALIASES = OPTIONS = None
+
+
+        @{decorator}
+        class Dummy:
+            pass
+        """)
+    reg = Registry("method")
+    reg.add_discoverer(lambda r: _discover_methods(r, package))
+    path = tmp_path / package / "adapter.py"
+    for _ in range(2):  # a failed discovery fails again on the next query instead of leaving the method unknown
+        with pytest.raises(RegistryError) as info:
+            reg.list()
+        assert f"{path}:6: " in str(info.value) and problem in str(info.value)
+
+
+def test_literal_register_method_arguments_are_read(tmp_path, monkeypatch):
+    from dplbench.catalog import _discover_methods
+
+    package = _adapter_package(tmp_path, monkeypatch, "good_adapters_for_test", """
+        @register_method("dummy", aliases=["dm"], description="a " "dummy")
+        class Dummy:
+            pass
+        """)
+    reg = Registry("method")
+    reg.add_discoverer(lambda r: _discover_methods(r, package))
+    assert reg.list() == ["dummy"] and reg.canonical("dm") == "dummy" and reg.describe("dummy") == "a dummy"

@@ -83,6 +83,7 @@ class Backbone:
         self.embed_dim: int = visual.output_dim
         self.context_length: int = model.context_length
         self.image_size: int = _square_size(visual.image_size)
+        self.vision_tokens: int = visual.positional_embedding.shape[0]  # CLS + patches (prompts come on top)
         preprocess = getattr(visual, "preprocess_cfg", None) or {}
         self.mean: tuple[float, ...] = tuple(preprocess.get("mean", OPENAI_MEAN))
         self.std: tuple[float, ...] = tuple(preprocess.get("std", OPENAI_STD))
@@ -144,9 +145,10 @@ class Backbone:
                     raise ConfigError(f"text does not fit in the {self.context_length}-token context: {text[:80]!r}")
         return self._tokenizer(texts).to(self.device)
 
-    def embed_tokens(self, ids: Tensor) -> Tensor:
-        """Token embeddings [N, L, D_t] in the stream dtype (no positional embedding)."""
-        return self.model.token_embedding(ids.to(self.device)).to(self.stream_dtype)
+    def embed_tokens(self, ids: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        """Token embeddings [N, L, D_t] (no positional embedding) in ``dtype``, by default the stream dtype.
+        The embedding table is fp32 in every precision mode, so ``dtype=torch.float32`` gives it unrounded."""
+        return self.model.token_embedding(ids.to(self.device)).to(dtype or self.stream_dtype)
 
     @staticmethod
     def eot_positions(ids: Tensor) -> Tensor:

@@ -5,6 +5,7 @@
 - `OPENAI_80`: the 80 ImageNet templates of the CLIP paper (open_clip ``OPENAI_IMAGENET_TEMPLATES``, same order).
 - `ENSEMBLE_60`: PromptSRC's 60 = `OPENAI_80` minus 20 templates (which are the last 20 of the list).
 - `SELECT_7`: CoOp's ``IMAGENET_TEMPLATES_SELECT`` (open_clip ``SIMPLE_IMAGENET_TEMPLATES``).
+- `resolve_templates(choice, dataset)`: the template list a method's template option names.
 """
 
 from __future__ import annotations
@@ -158,6 +159,17 @@ def template_set(name: str) -> tuple[str, ...]:
     if name not in TEMPLATE_SETS:
         raise UnknownNameError("template set", name, TEMPLATE_SETS)
     return TEMPLATE_SETS[name]
+
+
+def resolve_templates(choice: str, dataset: str, method: str | None = None) -> list[str]:
+    """The templates a method option names: "dataset" = the dataset's hand-written template (as ``method`` uses
+    it), a template set name ("ensemble60", "openai80", "select7") = that set, anything containing "{}" = that
+    literal template. An unknown name raises UnknownNameError with the valid choices."""
+    if choice == "dataset":
+        return [dataset_template(dataset, method)]
+    if "{}" in choice:
+        return [choice]
+    return list(template_set(choice))
 
 
 def fill(templates: tuple[str, ...] | list[str], classname: str) -> list[str]:

@@ -7,6 +7,7 @@
   :meth:`TextPromptLearner.set_classnames` and never saved.
 - :class:`VisionPromptLearner`: n learnable tokens appended after the patch tokens (before ``ln_pre``) plus deep
   vision prompts that replace the last n tokens before blocks 1..depth-1.
+- :func:`check_ctx_options` and :func:`clamp_depth`: the checks of the context / depth options these take.
 """
 
 from __future__ import annotations
@@ -30,6 +31,15 @@ def clamp_depth(depth: int, layers: int, what: str, notes: dict[str, Any]) -> in
         notes[what] = {"requested": depth, "used": layers, "reason": f"the tower has {layers} layers"}
         return layers
     return depth
+
+
+def check_ctx_options(n_ctx: int, ctx_init: str, backbone: Any, what: str = "n_ctx") -> None:
+    """A non-empty ctx_init fixes M to its token count; a different explicit M is a user mistake."""
+    if ctx_init.strip():
+        tokens = int(backbone.tokenize([ctx_init.strip()]).argmax(dim=-1)[0]) - 1
+        if tokens != n_ctx:
+            raise ConfigError(f"{what}={n_ctx} conflicts with ctx_init {ctx_init!r} ({tokens} tokens); "
+                              f"set {what}={tokens} or ctx_init='' for a random init")
 
 
 def _normal(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> nn.Parameter:
@@ -60,7 +70,7 @@ class TextPromptLearner(nn.Module):
             ids = backbone.tokenize([self.ctx_init])
             n_ctx = int(ids.argmax(dim=-1)[0]) - 1  # tokens between SOS and EOT
             with torch.no_grad():
-                init = backbone.model.token_embedding(ids)[0, 1:1 + n_ctx].float()
+                init = backbone.embed_tokens(ids, dtype=torch.float32)[0, 1:1 + n_ctx]
             if class_specific:
                 init = init.unsqueeze(0).repeat(num_classes, 1, 1)
             self.ctx = nn.Parameter(init.to(device=device, dtype=dtype))
