@@ -280,6 +280,7 @@ class Bootstrap:
         splits = {m.split for m in self.metrics.values()}
         self._splits = {name: self._split_data(predictions, name, seed) for name in sorted(splits)}
         # per (row, cell): per-seed point values (S,) and per-seed replicates (B, S); NaN = seed not available
+        self._compared: dict[tuple[Row, Row], dict[Cell, Comparison]] = {}
         self._point: dict[tuple[Row, Cell], np.ndarray] = {}
         self._reps: dict[tuple[Row, Cell], np.ndarray] = {}
         for cell, metric in self.metrics.items():
@@ -401,6 +402,11 @@ class Bootstrap:
 
     def compare(self, a: Row, b: Row) -> dict[Cell, Comparison]:
         """Paired comparison a - b on every cell, over the seeds both rows have for each base cell."""
+        if (a, b) not in self._compared:
+            self._compared[a, b] = self._compare(a, b)
+        return self._compared[a, b]
+
+    def _compare(self, a: Row, b: Row) -> dict[Cell, Comparison]:
         common = {cell: np.isfinite(self._point[a, cell]) & np.isfinite(self._point[b, cell])
                   for cell in self.metrics}
         points_a, reps_a, n_seeds = self._cells(a, common)
