@@ -377,11 +377,6 @@ def _make_sampler(plan: SweepPlan):
 
 def run_sweep(cfg: Any, *, executor: Any = None) -> SweepSummary:
     """Plan, schedule through Ray Tune, and summarise a sweep (also written to ``<output_dir>/sweeps/``)."""
-    from ray import tune
-
-    from dplbench.orchestrate.progress import Progress
-    from dplbench.orchestrate.runner import experiment_name, storage_path
-    from dplbench.orchestrate.session import ray_session
     from dplbench.units import expand_units
 
     start = time.perf_counter()
@@ -389,6 +384,12 @@ def run_sweep(cfg: Any, *, executor: Any = None) -> SweepSummary:
     first = plan.grid[0] if plan.grid else {k: v[0] if isinstance(v, list) else v.get("values", [v.get("low")])[0]
                                             for k, v in plan.params.items()}
     expand_units(apply_params(cfg, first), extra_overrides=first)  # names, datasets, options: fail before Ray
+
+    from ray import tune
+
+    from dplbench.orchestrate.progress import Progress
+    from dplbench.orchestrate.runner import experiment_name, storage_path
+    from dplbench.orchestrate.session import ray_session
     sampler = _make_sampler(plan) if plan.search == "optuna" else None
     optuna_version = None
     if sampler is not None:
