@@ -201,8 +201,10 @@ def plan_sweep(cfg: Any) -> SweepPlan:
     grid = [dict(zip(keys, combo)) for combo in itertools.product(*(params[k] for k in keys))] \
         if search == "grid" else []
     num_samples = len(grid) if search == "grid" else int(sweep.num_samples or definition.num_samples or 10)
-    return SweepPlan(name=definition.name, search=search, params=params, metric=metric, mode=mode,
-                     num_samples=num_samples, sampler=sweep.sampler, sampler_seed=int(sweep.sampler_seed), grid=grid)
+    # plain strings from here on: Ray Tune and Optuna compare types (``isinstance(metric, type(mode))``)
+    return SweepPlan(name=definition.name, search=str(search), params=params, metric=metric, mode=str(mode),
+                     num_samples=num_samples, sampler=str(sweep.sampler), sampler_seed=int(sweep.sampler_seed),
+                     grid=grid)
 
 
 # -- objective --------------------------------------------------------------------------------------------------
