@@ -144,15 +144,6 @@ def _set(cfg: DictConfig, key: str, value: Any) -> None:
         raise ConfigError(f"invalid override {key}={value!r}: {str(exc).splitlines()[0]}") from None
 
 
-def _flatten(prefix: str, value: Any) -> list[tuple[str, Any]]:
-    if isinstance(value, dict):
-        out: list[tuple[str, Any]] = []
-        for k, v in value.items():
-            out.extend(_flatten(f"{prefix}.{k}" if prefix else str(k), v))
-        return out
-    return [(prefix, value)]
-
-
 def load_config_file(path: str | Path) -> list[tuple[str, Any]]:
     """A YAML file of config values, returned as dotted (key, value) pairs."""
     path = Path(path)
@@ -165,7 +156,7 @@ def load_config_file(path: str | Path) -> list[tuple[str, Any]]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys to values")
     return [pair for k, v in data.items() for pair in
-            ([(k, v)] if k == "method" and not isinstance(v, dict) else _flatten(k, v))]
+            ([(k, v)] if k == "method" and not isinstance(v, dict) else flatten(k, v))]
 
 
 def build_config(overrides: list[str] | None = None, config_file: str | Path | None = None,
@@ -276,7 +267,7 @@ def validate_method_options(methods: list[str], options: dict[str, Any]) -> None
     """Each ``method.<key>`` must exist (with a compatible type) in at least one selected method's options."""
     from dplbench.catalog import METHODS
 
-    flat = _flatten("", options)
+    flat = flatten("", options)
     schemas = {}
     for name in methods:
         adapter = METHODS.get(name)
@@ -299,7 +290,7 @@ def validate_method_options(methods: list[str], options: dict[str, Any]) -> None
             continue
         if errors:
             raise ConfigError(f"invalid value for method.{key}={value!r} ({errors[0]})")
-        valid = sorted({k for s in schemas.values() for k, _ in _flatten("", OmegaConf.to_container(s))})
+        valid = sorted({k for s in schemas.values() for k, _ in flatten("", OmegaConf.to_container(s))})
         hint = did_you_mean(key, valid)
         msg = f"unknown method option 'method.{key}' for methods {', '.join(methods)}"
         if hint:

@@ -14,11 +14,11 @@ import fnmatch
 import math
 import re
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from dplbench.errors import ConfigError, did_you_mean, unknown_choice_message
 from dplbench.vocabulary import Precision
