@@ -14,6 +14,7 @@ from dplbench import __version__
 from dplbench.errors import DplbenchError
 
 LS_KINDS = ("methods", "protocols", "datasets", "backbones")
+LS_SETTINGS = {"methods": (), "protocols": (), "datasets": ("data.root",), "backbones": ()}
 
 EPILOG = """examples:
   dplbench run protocol=base2novel                      # built-in toy benchmark, tiny CLIP, no downloads
@@ -73,6 +74,21 @@ def _config(args: argparse.Namespace, validate_methods: bool = True):
     return build_config(overrides, args.config, validate_methods=validate_methods)
 
 
+def _ls_settings(kind: str, overrides: list[str]) -> dict:
+    """The ``key=value`` settings ``ls <kind>`` understands (only ``data.root``, for datasets); others are errors."""
+    from dplbench.config import parse_overrides
+    from dplbench.errors import ConfigError, did_you_mean
+
+    valid = LS_SETTINGS[kind]
+    settings = dict(parse_overrides(overrides))
+    for key in settings:
+        if key not in valid:
+            hint = did_you_mean(key, valid)
+            raise ConfigError(f"`ls {kind}` takes no setting {key!r}" + (f"; did you mean {hint!r}?" if hint else "")
+                              + f" Valid settings: {', '.join(valid) if valid else '(none)'}")
+    return settings
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
     from dplbench.catalog import BACKBONES, DATASETS, METHODS, PROTOCOLS
 
@@ -82,15 +98,14 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if "=" in pattern:
         overrides.insert(0, pattern)
         pattern = "*"
+    settings = _ls_settings(args.kind, overrides)
     registry = {"methods": METHODS, "protocols": PROTOCOLS, "datasets": DATASETS, "backbones": BACKBONES}[args.kind]
     names = registry.list(pattern)
     width = max((len(n) for n in names), default=0)
     if args.kind == "datasets":
-        from dplbench.config import parse_overrides
         from dplbench.data.paths import resolve_data_root
 
-        root_override = dict(parse_overrides(overrides)).get("data.root")
-        root = resolve_data_root(root_override)
+        root = resolve_data_root(settings.get("data.root"))
         print(f"data root: {root}")
         for name in names:
             info = DATASETS.get(name)

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from dplbench.errors import ConfigError, did_you_mean
 from dplbench.orchestrate.settings import RayConfig, SweepConfig, TrackingConfig
+from dplbench.schema import CONFIG_RANGES, EXPLICIT_ONLY, check_ranges, check_value, describe_omegaconf_error, flatten
 
 
 @dataclass
@@ -25,7 +26,7 @@ class BackboneConfig:
     name: str = "toy"                     # "toy" (built-in) or any open_clip model name
     pretrained: Optional[str] = None      # open_clip tag (e.g. "openai"); "random" = random init; null = catalog default
     checkpoint: Optional[str] = None      # local checkpoint path (overrides the tag)
-    precision: str = "auto"               # auto | fp32 | amp_bf16 | amp_fp16 | fp16_faithful
+    precision: str = "auto"               # a vocabulary.Precision name
     cache_dir: Optional[str] = None       # where pretrained weights are looked up (never downloaded)
 
 
@@ -50,7 +51,7 @@ class TrainConfig:
 
 @dataclass
 class RunConfig:
-    device: str = "auto"                  # auto | cpu | cuda | cuda:N
+    device: str = "auto"                  # auto | cpu | cuda | cuda:N | mps
     output_dir: str = "results"
     force: bool = False                   # recompute finished units
 
@@ -138,19 +139,9 @@ def _set(cfg: DictConfig, key: str, value: Any) -> None:
             msg += f"; did you mean {hint!r}?"
         raise ConfigError(msg + f" Valid keys: {', '.join(sorted(keys))}") from None
     except ValidationError as exc:
-        expected = str(exc).splitlines()[0]
-        raise ConfigError(f"invalid value for {key!r}: {value!r} ({expected})") from None
+        raise ConfigError(describe_omegaconf_error(exc, key)) from None
     except OmegaConfBaseException as exc:
         raise ConfigError(f"invalid override {key}={value!r}: {str(exc).splitlines()[0]}") from None
-
-
-def _flatten(prefix: str, value: Any) -> list[tuple[str, Any]]:
-    if isinstance(value, dict):
-        out: list[tuple[str, Any]] = []
-        for k, v in value.items():
-            out.extend(_flatten(f"{prefix}.{k}" if prefix else str(k), v))
-        return out
-    return [(prefix, value)]
 
 
 def load_config_file(path: str | Path) -> list[tuple[str, Any]]:
@@ -165,22 +156,53 @@ def load_config_file(path: str | Path) -> list[tuple[str, Any]]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys to values")
     return [pair for k, v in data.items() for pair in
-            ([(k, v)] if k == "method" and not isinstance(v, dict) else _flatten(k, v))]
+            ([(k, v)] if k == "method" and not isinstance(v, dict) else flatten(k, v))]
 
 
 def build_config(overrides: list[str] | None = None, config_file: str | Path | None = None,
                  *, validate_methods: bool = True) -> DictConfig:
     """Resolve the full configuration: defaults, protocol, config file, then command-line overrides."""
-    pairs = (load_config_file(config_file) if config_file else []) + parse_overrides(list(overrides or []))
-    pairs = [_apply_shorthand(k, v) for k, v in pairs]
+    file_pairs = load_config_file(config_file) if config_file else []
+    cli_pairs = parse_overrides(list(overrides or []))
+    reject_conflicting_shorthands(file_pairs)
+    reject_conflicting_shorthands(cli_pairs)
+    pairs = [_apply_shorthand(k, v) for k, v in file_pairs + cli_pairs]
     cfg = OmegaConf.structured(Config)
     for key, value in pairs:
         _set(cfg, key, value)
-    fill_protocol_defaults(cfg, explicit={k for k, _ in pairs})
+    explicit = {k for k, _ in pairs}
+    fill_protocol_defaults(cfg, explicit=explicit)
+    check_config_ranges(cfg, explicit)
     validate_names(cfg, validate_methods=validate_methods)
     absolutize_paths(cfg)
     OmegaConf.set_readonly(cfg, False)
     return cfg
+
+
+def reject_conflicting_shorthands(pairs: list[tuple[str, Any]]) -> None:
+    """``method=coop methods=[kgcoop]`` or ``seed=1 seed=2`` in one source is ambiguous: an error, not last-wins.
+
+    (A config file and the command line are separate sources: the command line overrides the file.)"""
+    given: dict[str, tuple[str, Any]] = {}
+    for key, value in pairs:
+        real = SHORTHANDS[key][0] if key in SHORTHANDS else key
+        if real in given and (key in SHORTHANDS or given[real][0] in SHORTHANDS):
+            first_key, first_value = given[real]
+            raise ConfigError(f"conflicting values for {real!r}: {first_key}={first_value!r} and {key}={value!r}; "
+                              f"give {real!r} once")
+        given[real] = (key, value)
+
+
+def check_config_ranges(cfg: DictConfig, explicit: set[str]) -> None:
+    """Every value constrained by :data:`~dplbench.schema.CONFIG_RANGES` (keys in ``EXPLICIT_ONLY`` only when the
+    user gave them: an empty list left unset means "the protocol's")."""
+    for key in CONFIG_RANGES:
+        if key.startswith("method.") or (key in EXPLICIT_ONLY and key not in explicit):
+            continue
+        value = OmegaConf.select(cfg, key)
+        check_value(key, OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value,
+                    CONFIG_RANGES)
+    check_ranges(flatten("method", OmegaConf.to_container(cfg.method, resolve=True)), CONFIG_RANGES)
 
 
 def absolutize_paths(cfg: DictConfig) -> None:
@@ -245,7 +267,7 @@ def validate_method_options(methods: list[str], options: dict[str, Any]) -> None
     """Each ``method.<key>`` must exist (with a compatible type) in at least one selected method's options."""
     from dplbench.catalog import METHODS
 
-    flat = _flatten("", options)
+    flat = flatten("", options)
     schemas = {}
     for name in methods:
         adapter = METHODS.get(name)
@@ -268,7 +290,7 @@ def validate_method_options(methods: list[str], options: dict[str, Any]) -> None
             continue
         if errors:
             raise ConfigError(f"invalid value for method.{key}={value!r} ({errors[0]})")
-        valid = sorted({k for s in schemas.values() for k, _ in _flatten("", OmegaConf.to_container(s))})
+        valid = sorted({k for s in schemas.values() for k, _ in flatten("", OmegaConf.to_container(s))})
         hint = did_you_mean(key, valid)
         msg = f"unknown method option 'method.{key}' for methods {', '.join(methods)}"
         if hint:

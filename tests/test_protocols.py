@@ -76,11 +76,16 @@ def test_standard_suites_follow_the_papers():
 
 @pytest.mark.parametrize("edit, message", [
     ("kind: base2novel\nrecipes: x", "unknown key 'recipes'; did you mean 'recipe'"),
-    ("kind: nope", "kind 'nope' is not one of"),
-    ("shots: [0]", "'shots' must be a non-empty list of positive integers"),
-    ("seeds: []", "'seeds' must be a non-empty list"),
-    ("table: {layout: pie}", "table layout 'pie' is not one of"),
-    ("metric: {name: hm, mode: up}", "metric mode 'up'"),
+    ("kind: nope", "invalid value for 'kind': unknown kind 'nope'"),
+    ("kind: transfr", "unknown kind 'transfr'; did you mean 'transfer'"),
+    ("shots: [0]", r"shots=\[0\]: must be a list of integers > 0"),
+    ("seeds: []", r"seeds=\[\]: must be non-empty"),
+    ("seeds: [x]", r"invalid value for 'seeds\[0\]'"),
+    ("table: {layout: pie}", "invalid value for 'table.layout': unknown layout 'pie'"),
+    ("metric: {name: hm, mode: up}", "invalid value for 'metric.mode': unknown mode 'up'"),
+    ("suites: {toy: {datasetz: [a]}}", "unknown key 'suites.toy.datasetz'; did you mean 'datasets'"),
+    ("suites: {toy: {datasets: [a], epoch_scale: 0}}", r"suites.toy.epoch_scale=0.0: must be a finite number > 0"),
+    ("table: {}", "missing required key 'table.layout'"),
     ("suites: {toy: {source: toy_shapes}}", "only transfer protocols"),
 ])
 def test_invalid_protocols_raise_one_line_naming_the_file(edit, message):
@@ -95,7 +100,7 @@ def test_invalid_protocols_raise_one_line_naming_the_file(edit, message):
 
 def test_transfer_suites_need_a_source_and_targets_and_bad_yaml_is_reported():
     text = MINIMAL.replace("kind: base2novel", "kind: transfer")
-    with pytest.raises(ConfigError, match="one 'source' dataset and a 'targets' list"):
+    with pytest.raises(ConfigError, match="suites.toy: a transfer protocol names one 'source' dataset"):
         load_protocol_text(text, "protocols/t.yaml", "t")
     with pytest.raises(ConfigError, match="protocols/x.yaml: not valid YAML"):
         load_protocol_text("kind: [unclosed", "protocols/x.yaml")
@@ -200,8 +205,8 @@ def test_shipped_drople_ablation_definition():
 
     assert "drople_ablation" in sweep_names()
     d = load_sweep_definition("drople_ablation")
-    assert d.protocol == "base2novel" and d.methods == ("drople",) and d.search == "grid"
-    assert set(d.params) == {"method.dropout_rate", "method.res.weight"} and d.metric["name"] == "hm"
+    assert d.protocol == "base2novel" and d.methods == ["drople"] and d.search == "grid"
+    assert set(d.params) == {"method.dropout_rate", "method.res.weight"} and d.metric.name == "hm"
     with pytest.raises(UnknownNameError, match="unknown sweep"):
         load_sweep_definition("nope")
 
@@ -218,14 +223,15 @@ def test_plan_grid_from_overrides_and_validation(tmp_path):
     for params, message in [({"run.device": ["cpu"]}, "cannot be swept"),
                             ({"train.nope": [1]}, "unknown config key 'train.nope'"),
                             ({"method.n_ctxx": [1]}, "unknown method option"),
-                            ({"train.lr": {"type": "uniform", "low": 0.1, "high": 0.2}}, "a grid needs a list")]:
+                            ({"train.lr": {"type": "uniform", "low": 0.1, "high": 0.2}}, "a grid needs a list"),
+                            ({"train.lr": [0.1, -0.1]}, r"sweep.params: train.lr=-0.1: must be a finite number > 0")]:
         bad = cfg.copy()
         bad.sweep.params = params
         with pytest.raises(ConfigError, match=message):
             plan_sweep(bad)
     optuna_cfg = cfg.copy()
     optuna_cfg.sweep.params = {"train.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-1}}
-    optuna_cfg.sweep.search = "optuna"
+    OmegaConf.update(optuna_cfg, "sweep.search", "optuna")
     optuna_cfg.sweep.num_samples = 3
     plan = plan_sweep(optuna_cfg)
     assert plan.search == "optuna" and plan.num_samples == 3 and plan.grid == []

@@ -22,8 +22,10 @@ import torch
 from torch import nn
 
 from dplbench.errors import ConfigError, DplbenchError, unknown_choice_message
+from dplbench.vocabulary import Precision as PrecisionMode
 
-PRECISION_MODES: tuple[str, ...] = ("fp32", "amp_bf16", "amp_fp16", "fp16_faithful")
+# the concrete modes ("auto" resolves to one of them per device)
+PRECISION_MODES: tuple[str, ...] = tuple(m for m in PrecisionMode.values() if m != PrecisionMode.auto)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Base class of the independent deep-prompting family (IVLP, methods.md §4.6; PromptSRC §4.7; DroPLe §5.1).
+"""Base class of the independent deep-prompting family (IVLP, docs/methods.md §4.6; PromptSRC §4.7; DroPLe §5.1).
 
 Text: M context tokens at layer 0 (from ``ctx_init`` or N(0, 0.02)) plus fresh prompts replacing positions 1..M
 before blocks 1..depth-1. Vision: n tokens appended after the patches (before ``ln_pre``) plus deep prompts

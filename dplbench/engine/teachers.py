@@ -1,5 +1,5 @@
 """The frozen, prompt-free CLIP as a teacher, and the consistency terms that pull a prompted model towards it
-(PromptSRC's self-regularisation, methods.md §4.7; reused by DroPLe, §5.1; KgCoOp's text teacher, §4.4).
+(PromptSRC's self-regularisation, docs/methods.md §4.7; reused by DroPLe, §5.1; KgCoOp's text teacher, §4.4).
 
 Text teacher: for each class the mean over a template list of the frozen, **unnormalised** text features
 (cached on disk by :mod:`dplbench.engine.cache`), normalised when used. Image teacher: the frozen features of the

@@ -1,4 +1,4 @@
-"""Base class of the CoOp family (methods.md §4.2, §4.4): a learnable text context, a prompt-free image tower.
+"""Base class of the CoOp family (docs/methods.md §4.2, §4.4): a learnable text context, a prompt-free image tower.
 
 The image features do not depend on the learned state, so test-image features are cacheable
 (``FROZEN_IMAGE_TOWER``). Subclasses set ``Options`` (with ``n_ctx``, ``ctx_init``, ``class_position``,

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from dplbench.vocabulary import MetricMode, Sampler, SearchKind
+
 
 @dataclass
 class RayConfig:
@@ -29,9 +31,9 @@ class SweepConfig:
     name: Optional[str] = None            # a definition in protocols/sweeps/<name>.yaml (its values are defaults)
     params: dict[str, Any] = field(default_factory=dict)  # config key -> list of values (grid) or
     #                                        {type: uniform|loguniform|int|choice, low, high | values} (optuna)
-    search: Optional[str] = None          # grid | optuna (null = the definition's, else grid)
+    search: Optional[SearchKind] = None   # null = the definition's, else grid
     num_samples: Optional[int] = None     # optuna: number of trials (grid: the product of the value lists)
-    sampler: str = "tpe"                  # optuna sampler: tpe | random
+    sampler: Sampler = Sampler.tpe        # the Optuna sampler
     sampler_seed: int = 0                 # recorded in the sweep summary and MLflow
     metric: Optional[str] = None          # null = the protocol's metric (hm for base-to-novel)
-    mode: Optional[str] = None            # max | min (null = the protocol's)
+    mode: Optional[MetricMode] = None     # null = the protocol's

@@ -31,68 +31,73 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import yaml
+from omegaconf import MISSING
 
 from dplbench.errors import ConfigError, UnknownNameError
 from dplbench.fileio import atomic_write_text
 from dplbench.orchestrate import tracking as tracking_mod
+from dplbench.protocol import MetricSpec
 from dplbench.report.reference import harmonic_mean
 from dplbench.results import ResultStore
 from dplbench.runtime import HASH_EXCLUDE, Runtime
+from dplbench.schema import CONFIG_RANGES, SWEEP_RANGES, check_ranges, check_value, load_structured
+from dplbench.vocabulary import MetricMode, SearchKind
 from dplbench.workspace import Workspace
 
 if TYPE_CHECKING:
     from dplbench.config import Config
 
-SEARCHES = ("grid", "optuna")
-SAMPLERS = ("tpe", "random")
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
-DEFINITION_KEYS = ("name", "description", "protocol", "methods", "search", "params", "metric", "num_samples")
 # Sections a sweep may not vary: they do not change results (or they steer the sweep itself).
 FORBIDDEN_PREFIXES = ("ray.", "tracking.", "sweep.", "run.")
 
 
-@dataclass(frozen=True)
+@dataclass
+class SweepMetric(MetricSpec):
+    name: Optional[str] = None            # null = the protocol's metric
+    mode: Optional[MetricMode] = None     # null = the protocol's mode
+
+
+@dataclass
 class SweepDefinition:
-    name: str
+    """Schema of ``protocols/sweeps/<name>.yaml`` (an OmegaConf structured config)."""
+
+    name: Optional[str] = None            # null = the file stem
     description: str = ""
-    protocol: str | None = None
-    methods: tuple[str, ...] = ()
-    search: str = "grid"
-    params: Mapping[str, Any] = field(default_factory=dict)
-    metric: Mapping[str, str] = field(default_factory=dict)
-    num_samples: int | None = None
+    protocol: Optional[str] = None        # the sweep's protocol (the run must use it)
+    methods: list[str] = field(default_factory=list)  # replaces the protocol's default methods
+    search: SearchKind = SearchKind.grid
+    params: dict[str, Any] = MISSING      # config key -> value list, or an Optuna distribution mapping
+    metric: SweepMetric = field(default_factory=SweepMetric)
+    num_samples: Optional[int] = None     # optuna only
+
+
+def sweep_folder() -> Any:
+    """Where the sweep definitions live (a folder resource)."""
+    return resources.files("dplbench.protocols") / "sweeps"
 
 
 def sweep_names() -> list[str]:
-    folder = resources.files("dplbench.protocols") / "sweeps"
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return sorted(p.name[:-5] for p in sweep_folder().iterdir() if p.name.endswith(".yaml"))
 
 
 def load_sweep_definition(name: str) -> SweepDefinition:
-    """``protocols/sweeps/<name>.yaml`` (safe_load, validated)."""
+    """``protocols/sweeps/<name>.yaml`` (safe_load, then the schema and :data:`~dplbench.schema.SWEEP_RANGES`)."""
     names = sweep_names()
     if name not in names:
         raise UnknownNameError("sweep", name, names)
     where = f"protocols/sweeps/{name}.yaml"
     try:
-        data = yaml.safe_load((resources.files("dplbench.protocols") / "sweeps" / f"{name}.yaml").read_text("utf-8"))
+        data = yaml.safe_load((sweep_folder() / f"{name}.yaml").read_text("utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{where}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: a sweep file must hold a mapping")
-    unknown = sorted(set(data) - set(DEFINITION_KEYS))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(DEFINITION_KEYS)}")
-    if not isinstance(data.get("params"), dict) or not data["params"]:
-        raise ConfigError(f"{where}: 'params' must map config keys to value lists")
-    return SweepDefinition(
-        name=str(data.get("name", name)), description=str(data.get("description", "")),
-        protocol=data.get("protocol"), methods=tuple(data.get("methods") or ()),
-        search=str(data.get("search", "grid")), params=dict(data["params"]), metric=dict(data.get("metric") or {}),
-        num_samples=data.get("num_samples"))
+    definition = load_structured(SweepDefinition, data, where)
+    check_ranges([("params", definition.params), ("num_samples", definition.num_samples)], SWEEP_RANGES, where)
+    definition.name = definition.name or name
+    return definition
 
 
 @dataclass
@@ -122,6 +127,7 @@ def _flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, An
 
 
 def _check_param(key: str, spec: Any, search: str) -> None:
+    """The key may be swept, the spec fits the search, and every value lies in the key's range."""
     if key in HASH_EXCLUDE:
         raise ConfigError(f"sweep.params: {key!r} cannot be swept: it is a runtime setting that never changes a "
                           f"unit's numbers, so every trial would reuse the same result files (runtime keys: "
@@ -132,6 +138,8 @@ def _check_param(key: str, spec: Any, search: str) -> None:
     if isinstance(spec, list):
         if not spec:
             raise ConfigError(f"sweep.params.{key}: empty value list")
+        for value in spec:
+            check_value(key, value, CONFIG_RANGES, "sweep.params")
         return
     if search == "grid":
         raise ConfigError(f"sweep.params.{key}: a grid needs a list of values, got {spec!r}")
@@ -142,6 +150,8 @@ def _check_param(key: str, spec: Any, search: str) -> None:
         raise ConfigError(f"sweep.params.{key}: type choice needs 'values'")
     if spec["type"] != "choice" and not ("low" in spec and "high" in spec and spec["low"] < spec["high"]):
         raise ConfigError(f"sweep.params.{key}: type {spec['type']} needs low < high")
+    for value in spec.get("values") or [spec.get("low"), spec.get("high")]:
+        check_value(key, value, CONFIG_RANGES, "sweep.params")
 
 
 def _validate_keys(cfg: Config, params: Mapping[str, Any]) -> None:
@@ -178,7 +188,7 @@ def plan_sweep(cfg: Config) -> SweepPlan:
     from dplbench.catalog import PROTOCOLS
 
     sweep = cfg.sweep
-    definition = load_sweep_definition(sweep.name) if sweep.name else SweepDefinition(name="sweep")
+    definition = load_sweep_definition(sweep.name) if sweep.name else SweepDefinition(name="sweep", params={})
     protocol = PROTOCOLS.get(PROTOCOLS.canonical(cfg.protocol))
     if definition.protocol and PROTOCOLS.canonical(definition.protocol) != protocol.name:
         raise ConfigError(f"sweep {definition.name!r} is defined for protocol {definition.protocol!r}; "
@@ -191,25 +201,19 @@ def plan_sweep(cfg: Config) -> SweepPlan:
         raise ConfigError("nothing to sweep: set sweep.name=<file in protocols/sweeps> "
                           f"({', '.join(sweep_names())}) or sweep.params.<key>=[v1,v2]")
     search = sweep.search or definition.search
-    if search not in SEARCHES:
-        raise ConfigError(f"sweep.search={search!r}; valid choices: {', '.join(SEARCHES)}")
-    if sweep.sampler not in SAMPLERS:
-        raise ConfigError(f"sweep.sampler={sweep.sampler!r}; valid choices: {', '.join(SAMPLERS)}")
     for key, spec in params.items():
         _check_param(key, spec, search)
     _validate_keys(cfg, params)
-    metric = sweep.metric or definition.metric.get("name") or protocol.metric["name"]
-    mode = sweep.mode or definition.metric.get("mode") or protocol.metric.get("mode", "max")
-    if mode not in ("max", "min"):
-        raise ConfigError(f"sweep.mode={mode!r}; valid choices: max, min")
+    metric = sweep.metric or definition.metric.name or protocol.metric["name"]
+    mode = sweep.mode or definition.metric.mode or protocol.metric["mode"]
     keys = list(params)
     grid = [dict(zip(keys, combo)) for combo in itertools.product(*(params[k] for k in keys))] \
         if search == "grid" else []
     num_samples = len(grid) if search == "grid" else int(sweep.num_samples or definition.num_samples or 10)
-    if num_samples < 1:
-        raise ConfigError(f"sweep.num_samples must be >= 1, got {num_samples}")
-    return SweepPlan(name=definition.name, search=search, params=params, metric=metric, mode=mode,
-                     num_samples=num_samples, sampler=sweep.sampler, sampler_seed=int(sweep.sampler_seed), grid=grid)
+    # plain strings from here on: Ray Tune and Optuna compare types (``isinstance(metric, type(mode))``)
+    return SweepPlan(name=definition.name, search=str(search), params=params, metric=metric, mode=str(mode),
+                     num_samples=num_samples, sampler=str(sweep.sampler), sampler_seed=int(sweep.sampler_seed),
+                     grid=grid)
 
 
 # -- objective --------------------------------------------------------------------------------------------------
@@ -385,11 +389,6 @@ def _make_sampler(plan: SweepPlan):
 
 def run_sweep(cfg: Config, *, executor: Any = None) -> SweepSummary:
     """Plan, schedule through Ray Tune, and summarise a sweep (also written to ``<output_dir>/sweeps/``)."""
-    from ray import tune
-
-    from dplbench.orchestrate.progress import Progress
-    from dplbench.orchestrate.runner import experiment_name, storage_path
-    from dplbench.orchestrate.session import ray_session
     from dplbench.units import expand_units
 
     start = time.perf_counter()
@@ -397,6 +396,12 @@ def run_sweep(cfg: Config, *, executor: Any = None) -> SweepSummary:
     first = plan.grid[0] if plan.grid else {k: v[0] if isinstance(v, list) else v.get("values", [v.get("low")])[0]
                                             for k, v in plan.params.items()}
     expand_units(apply_params(cfg, first), extra_overrides=first)  # names, datasets, options: fail before Ray
+
+    from ray import tune
+
+    from dplbench.orchestrate.progress import Progress
+    from dplbench.orchestrate.runner import experiment_name, storage_path
+    from dplbench.orchestrate.session import ray_session
     sampler = _make_sampler(plan) if plan.search == "optuna" else None
     optuna_version = None
     if sampler is not None:
