@@ -213,3 +213,18 @@ def test_parameter_counts_vit_b16(vitb16):
     maple = make_method("maple", vitb16)
     assert maple.proj.weight.shape == (768, 512) and len(maple.deep_proj) == 8
     assert all(torch.equal(lin.weight, maple.deep_proj[0].weight) for lin in maple.deep_proj)
+
+
+def test_tables_show_published_cocoop_and_maple_rows(tmp_path):
+    from test_report_tables import SEEDS, b2n, make_record, write_records
+
+    from dplbench.report import load_reference, render_terminal
+
+    ref = load_reference()
+    records = write_records(tmp_path, [make_record("base2novel", method, "dtd", s, b2n(60.0, 50.0, s))
+                                       for method in ("cocoop", "maple") for s in SEEDS])
+    text = render_terminal(records, "base2novel")
+    for paper in ("CoCoOp", "MaPLe"):
+        base = ref.get("base2novel", paper, "DTD", "base").value
+        line = next(x for x in text.splitlines() if f"{paper} (paper)" in x)
+        assert f"{base:.2f}" in line
