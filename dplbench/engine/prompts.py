@@ -2,7 +2,8 @@
 
 - :class:`TextPromptLearner`: M learnable context vectors in ``[SOS][ctx][CLASS].[EOS]`` (class position end,
   middle or front; one shared context or class-specific contexts), optionally initialised from the word
-  embeddings of a phrase ("a photo of a"), plus deep text prompts for layers 1..depth-1 that replace positions
+  embeddings of a phrase ("a photo of a"; with ``partial_init`` only its first M tokens become context and the
+  rest of the phrase stays as frozen tokens, MaPLe's ``[SOS][V1 V2] of a [CLASS].``), plus deep text prompts for layers 1..depth-1 that replace positions
   1..M before each of those blocks. Class-dependent buffers (token ids, SOS/suffix embeddings) are rebuilt by
   :meth:`TextPromptLearner.set_classnames` and never saved.
 - :class:`VisionPromptLearner`: n learnable tokens appended after the patch tokens (before ``ln_pre``) plus deep
@@ -53,7 +54,7 @@ class TextPromptLearner(nn.Module):
 
     def __init__(self, backbone: Any, classnames: list[str], *, n_ctx: int = 4, ctx_init: str = "",
                  class_position: str = "end", class_specific: bool = False, depth: int = 1,
-                 dtype: torch.dtype | None = None):
+                 dtype: torch.dtype | None = None, partial_init: bool = False):
         super().__init__()
         if class_position not in CLASS_POSITIONS:
             raise ConfigError(f"class_position must be one of {', '.join(CLASS_POSITIONS)}, got {class_position!r}")
@@ -68,7 +69,11 @@ class TextPromptLearner(nn.Module):
         num_classes = len(classnames)
         if self.ctx_init:
             ids = backbone.tokenize([self.ctx_init])
-            n_ctx = int(ids.argmax(dim=-1)[0]) - 1  # tokens between SOS and EOT
+            init_tokens = int(ids.argmax(dim=-1)[0]) - 1  # tokens between SOS and EOT
+            if not partial_init:
+                n_ctx = init_tokens
+            elif not 1 <= n_ctx <= init_tokens:
+                raise ConfigError(f"n_ctx={n_ctx} must be between 1 and the {init_tokens} tokens of {self.ctx_init!r}")
             with torch.no_grad():
                 init = backbone.embed_tokens(ids, dtype=torch.float32)[0, 1:1 + n_ctx]
             if class_specific:
