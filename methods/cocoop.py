@@ -1,4 +1,4 @@
-"""CoCoOp (CVPR'22, methods.md §4.3): CoOp's context (M=4 from "a photo of a") shifted per image by a meta-net.
+"""CoCoOp (CVPR'22, docs/methods.md §4.3): CoOp's context (M=4 from "a photo of a") shifted per image by a meta-net.
 
 The meta-net ``Linear(E → E/16) → ReLU → Linear(E/16 → D_t)`` reads the normalised frozen image feature and
 returns a bias π added to every context token, so each image gets its own prompts for all classes and its own
@@ -21,9 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dplbench.engine.method import FROZEN_IMAGE_TOWER, TRAINABLE, PromptMethod, StepState, register_method
-from dplbench.engine.prompts import TextPromptLearner
+from dplbench.engine.prompts import TextPromptLearner, check_ctx_options
 from dplbench.engine.recipes import Recipe
-from methods.coop import check_ctx_options
 
 META_HIDDEN_DIVISOR = 16  # hidden width = image feature width // 16 (vis_dim // 16 in the official code)
 _CONFIG = "CoCoOp vit_b16_c4_ep10_batch1_ctxv1"

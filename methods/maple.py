@@ -1,4 +1,4 @@
-"""MaPLe (CVPR'23, methods.md §4.5): deep text prompts coupled to the vision tower by per-layer linear maps.
+"""MaPLe (CVPR'23, docs/methods.md §4.5): deep text prompts coupled to the vision tower by per-layer linear maps.
 
 Text: the token string stays ``"a photo of a {class}."``; its first M=2 tokens ("a photo") become the learnable
 layer-0 context, so the sequence is ``[SOS][V1 V2] of a [CLASS].[EOS]``. Before blocks 1..J−1 (J = depth 9)

@@ -1,4 +1,4 @@
-"""CoCoOp and MaPLe adapters (methods.md §4.3, §4.5) on the tiny random CLIP of conftest: logits and loss against
+"""CoCoOp and MaPLe adapters (docs/methods.md §4.3, §4.5) on the tiny random CLIP of conftest: logits and loss against
 hand-built references, the meta-net / coupling properties, learned-state round trip, and the §8 parameter counts
 on a random-init ViT-B/16."""
 
@@ -205,7 +205,7 @@ def test_faithfulness_and_recipes(name, tiny_backbone):
 
 @pytest.mark.slow
 def test_parameter_counts_vit_b16(vitb16):
-    """methods.md §8: CoCoOp 2,048 + 33,312; MaPLe depth 9 / depth 3."""
+    """docs/methods.md §8: CoCoOp 2,048 + 33,312; MaPLe depth 9 / depth 3."""
     counts = {"cocoop": make_method("cocoop", vitb16).num_trainable(),
               "maple depth 9": make_method("maple", vitb16).num_trainable(),
               "maple depth 3": make_method("maple", vitb16, family="cross_dataset").num_trainable()}
