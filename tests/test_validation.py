@@ -19,6 +19,7 @@ import pytest
 from dplbench import catalog, cli
 from dplbench.orchestrate import sweep as sweep_mod
 from dplbench.registry import Registry
+from test_protocols import MINIMAL
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBPROCESS_SECONDS = 2.0
@@ -66,15 +67,7 @@ CASES = [
 ]
 
 # Bad definition files: (case id, file body, text the error line must hold). Each is loaded by the real command.
-GOOD_PROTOCOL = """kind: base2novel
-recipe: base2novel
-methods: [coop]
-seeds: [1]
-shots: [16]
-suites: {toy: {datasets: [toy_shapes]}}
-metric: {name: hm, mode: max}
-table: {layout: base2novel}
-"""
+GOOD_PROTOCOL = MINIMAL  # the smallest valid protocol file (tests/test_protocols.py)
 PROTOCOL_CASES = [
     ("protocol_unknown_key", GOOD_PROTOCOL + "recipes: x\n", "unknown key 'recipes'; did you mean 'recipe'"),
     ("protocol_kind", GOOD_PROTOCOL.replace("kind: base2novel", "kind: transfr"),
