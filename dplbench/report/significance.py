@@ -287,7 +287,7 @@ def lead_line(stats: TableStatistics, alpha: float = ALPHA, decimals: int = 2) -
             f"(Holm {comp.p_adjusted:.3g})")
     tied = sorted(r for r in best.tied_with_best(alpha) if r != best.best)
     if not tied:
-        return f"Significance: {lead}: the lead over every other row is significant ({stats.method_text(alpha)})."
+        return f"Significance: {lead}: the lead over every other row is significant ({stats.method_text()}, Holm over the other rows, alpha {alpha:g})."
     return (f"Significance: {lead}: the lead is NOT significant; not distinguishable from the top: "
             f"{', '.join(tied)} ({stats.method_text()}, Holm over the other rows, alpha {alpha:g}).")
 
