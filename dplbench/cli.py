@@ -1,4 +1,4 @@
-"""The ``dplbench`` command line: run | sweep | table | plot | ls | dry-run | pretrain-toy.
+"""The ``dplbench`` command line: run | sweep | table | compare | plot | ls | dry-run | pretrain-toy.
 
 Every subcommand except ``ls`` and ``pretrain-toy`` takes ``key=value`` overrides, ``--config FILE.yaml`` and
 ``--cfg`` (print the resolved configuration and exit). User mistakes print one ``error:`` line and exit 2.
@@ -21,7 +21,8 @@ EPILOG = """examples:
   dplbench run protocol=base2novel method=coop seeds=[1] train.epochs=5
   dplbench dry-run protocol=few_shot suite=standard data.root=/data
   dplbench sweep sweep.name=drople_ablation
-  dplbench table protocol=base2novel
+  dplbench table protocol=base2novel stats=ci            # with 95% intervals (docs/statistics.md)
+  dplbench compare protocol=base2novel a=drople b=coop  # paired differences with intervals and p-values
   dplbench ls datasets data.root=/data
 """
 
@@ -49,7 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(sweep)
     sweep.add_argument("--force", action="store_true", help="recompute units that are already done")
 
-    for name, text in (("table", "rebuild a protocol's tables (md, tex, csv) from its result files"),
+    for name, text in (("table", "rebuild a protocol's tables (md, tex, csv) from its result files "
+                                 "(stats=ci adds intervals)"),
+                       ("compare", "paired difference of two rows (a=... b=...) per dataset and on average, with "
+                                   "intervals and p-values"),
                        ("plot", "draw ablation, base-vs-novel and few-shot plots from result files"),
                        ("dry-run", "print the unit matrix, which units are done, and the resolved config")):
         _add_config_args(sub.add_parser(name, help=text))
@@ -163,6 +167,16 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    cfg = _config(args, validate_methods=False)
+    if args.cfg:
+        return _print_cfg(cfg)
+    from dplbench.report.api import compare_for_protocol
+
+    print(compare_for_protocol(cfg))
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     cfg = _config(args, validate_methods=False)
     if args.cfg:
@@ -200,8 +214,8 @@ def _print_tables(cfg) -> None:
         print(f"{fmt}: {path}")
 
 
-COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "table": cmd_table, "plot": cmd_plot, "ls": cmd_ls,
-            "dry-run": cmd_dry_run, "pretrain-toy": cmd_pretrain_toy}
+COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "table": cmd_table, "compare": cmd_compare, "plot": cmd_plot,
+            "ls": cmd_ls, "dry-run": cmd_dry_run, "pretrain-toy": cmd_pretrain_toy}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -57,6 +57,14 @@ class RunConfig:
 
 
 @dataclass
+class ReportConfig:
+    stats: str = "marks"                  # a vocabulary.StatsMode: marks | ci | none (shorthand stats=ci)
+    n_boot: int = 2000                    # bootstrap replicates of the intervals and tests (docs/statistics.md)
+    a: Optional[str] = None               # `dplbench compare`: the two rows (method name or row label), a - b
+    b: Optional[str] = None
+
+
+@dataclass
 class Config:
     protocol: str = "base2novel"
     methods: list[str] = field(default_factory=list)     # empty = the protocol's default list
@@ -74,11 +82,13 @@ class Config:
     ray: RayConfig = field(default_factory=RayConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
 
 # shorthand key -> (real key, wrap the value in a list)
 SHORTHANDS = {"method": ("methods", True), "dataset": ("datasets", True), "seed": ("seeds", True),
-              "backbone": ("backbone.name", False)}
+              "backbone": ("backbone.name", False), "stats": ("report.stats", False), "a": ("report.a", False),
+              "b": ("report.b", False)}
 
 
 def parse_overrides(tokens: list[str]) -> list[tuple[str, Any]]:

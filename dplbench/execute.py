@@ -110,6 +110,7 @@ class _UnitRun:
         self.data_notes: dict[str, Any] = {}
         self.method = None
         self.method_faithfulness: dict[str, Any] = {}
+        self.predictions: dict[str, Any] = {}    # sidecar split name -> SplitPredictions (metric names)
 
     # -- data ---------------------------------------------------------------------------------------------
     def load(self, name: str):
@@ -174,27 +175,31 @@ class _UnitRun:
         if resume is not None and self.explicit_checkpoint is None:
             resume.unlink(missing_ok=True)
 
-    def evaluate(self, splits: Any, split: str = "test") -> tuple[Any, Any]:
+    def evaluate(self, splits: Any, name: str, split: str = "test") -> Any:
+        """Predict ``splits``' ``split`` items; keep them as the sidecar's split ``name`` (item ids: the items'
+        indices in the split's list, the same for every seed and method)."""
         from dplbench.engine.trainer import predict
+        from dplbench.predictions import SplitPredictions
 
         t0 = time.perf_counter()
-        preds, labels = predict(self.method, splits, splits.split(split), transform=self.test_transform,
-                                transform_desc=self.transforms["test"], split=split,
-                                batch_size=self.eval_batch_size, num_workers=self.runtime.num_workers,
-                                cache=self.features)
+        result = predict(self.method, splits, splits.split(split), transform=self.test_transform,
+                         transform_desc=self.transforms["test"], split=split, batch_size=self.eval_batch_size,
+                         num_workers=self.runtime.num_workers, cache=self.features)
         self.eval_seconds += time.perf_counter() - t0
         self.extra.setdefault("num_test_images", {})[splits.name + ("" if split == "test" else f":{split}") +
                                                       (f":{splits.meta['subset']}" if "subset" in splits.meta
-                                                       else "")] = int(labels.numel())
-        return preds, labels
+                                                       else "")] = int(result.target.numel())
+        self.predictions[name] = SplitPredictions(result.item_ids.numpy(), result.predicted.numpy(),
+                                                  result.target.numpy(), result.margin.numpy())
+        return result
 
-    def accuracy(self, splits: Any) -> float:
+    def accuracy(self, splits: Any, name: str) -> float:
         from dplbench.engine.trainer import accuracy, macro_f1
 
-        preds, labels = self.evaluate(splits)
+        result = self.evaluate(splits, name)
         tag = splits.name + (f":{splits.meta['subset']}" if "subset" in splits.meta else "")
-        self.extra.setdefault("macro_f1", {})[tag] = macro_f1(preds, labels, splits.num_classes)
-        return accuracy(preds, labels)
+        self.extra.setdefault("macro_f1", {})[tag] = macro_f1(result.predicted, result.target, splits.num_classes)
+        return accuracy(result.predicted, result.target)
 
     # -- kinds --------------------------------------------------------------------------------------------
     def run_b2n(self, long_tail: bool) -> dict[str, float]:
@@ -215,9 +220,9 @@ class _UnitRun:
         novel = subsample_classes(pool, "novel")
         method = self.build_method(base.classnames, base.name)
         self.train(method, base, self.key_parts(base.name, "base", {"kind": self.unit.kind, **self.data_notes}))
-        base_acc = self.accuracy(base)
+        base_acc = self.accuracy(base, "base")
         method.set_classnames(novel.classnames, novel.name)
-        novel_acc = self.accuracy(novel)
+        novel_acc = self.accuracy(novel, "novel")
         return {"base": base_acc, "novel": novel_acc, "hm": harmonic_mean(base_acc, novel_acc)}
 
     def _imbalanced(self, splits: Any, ratio: float, rounding: str):
@@ -229,16 +234,18 @@ class _UnitRun:
         splits = self.fewshot(self.load(self.unit.dataset), self.unit.shots)
         method = self.build_method(splits.classnames, splits.name)
         self.train(method, splits, self.key_parts(splits.name, "all", {"kind": self.unit.kind}))
-        return {"acc": self.accuracy(splits)}
+        return {"acc": self.accuracy(splits, "acc")}
 
     def run_lift(self) -> dict[str, float | None]:
-        from dplbench.data.longtail import bucket_accuracies
+        from dplbench.data.longtail import bucket_accuracies, bucket_labels
 
         splits = self.fewshot(self.load(self.unit.dataset), self.unit.shots)
         method = self.build_method(splits.classnames, splits.name)
         self.train(method, splits, self.key_parts(splits.name, "all", {"kind": self.unit.kind}))
-        preds, labels = self.evaluate(splits)
-        return bucket_accuracies(preds.tolist(), labels.tolist(), splits.train_counts())
+        result = self.evaluate(splits, "test")
+        train_counts = splits.train_counts()
+        self.extra["class_buckets"] = bucket_labels(train_counts)
+        return bucket_accuracies(result.predicted.tolist(), result.target.tolist(), train_counts)
 
     def run_transfer(self) -> dict[str, float]:
         from dplbench.engine.cache import cache_key
@@ -267,13 +274,13 @@ class _UnitRun:
                                                   "source_train_seconds": float(state.get("train_seconds", 0.0))}
         else:
             self.method_faithfulness = method.faithfulness()
-        metrics = {f"acc/{source.name}": self.accuracy(source)}
+        metrics = {f"acc/{source.name}": self.accuracy(source, f"acc/{source.name}")}
         for target in self.unit.targets or ():
             if target == source.name:
                 continue
             splits = self.load(target)
             method.set_classnames(splits.classnames, splits.name)
-            metrics[f"acc/{target}"] = self.accuracy(splits)
+            metrics[f"acc/{target}"] = self.accuracy(splits, f"acc/{target}")
         return metrics
 
     @staticmethod
@@ -316,7 +323,8 @@ class _UnitRun:
                  **_peak_memory(self.device),
                  "feature_cache": {"hits": self.features.hits - self._cache_counts[0],
                                    "misses": self.features.misses - self._cache_counts[1]}}
-        return {"metrics": metrics, "history": self.history, "faithfulness": faithfulness, "extra": extra}
+        return {"metrics": metrics, "history": self.history, "faithfulness": faithfulness, "extra": extra,
+                "predictions": self.predictions}
 
 
 # how each kind of unit runs (one entry per :class:`~dplbench.vocabulary.Kind`)
@@ -331,7 +339,10 @@ RUNNERS: dict[Kind, Callable[[_UnitRun], dict[str, Any]]] = {
 
 def execute_unit(unit: Unit, runtime: Runtime, on_epoch: Callable[[dict], None] | None = None, *,
                  checkpoint_path: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Run one unit (see the module docstring) and return ``{"metrics", "history", "faithfulness", "extra"}``.
+    """Run one unit (see the module docstring) and return ``{"metrics", "history", "faithfulness", "extra",
+    "predictions"}``; ``predictions`` maps each evaluated split to its per-item
+    :class:`~dplbench.predictions.SplitPredictions`, named like the metric it gives (``base``, ``novel``, ``acc``,
+    ``acc/<dataset>``; ``test`` for long-tail buckets, whose classes are listed in ``extra["class_buckets"]``).
 
     ``on_epoch`` receives ``{"epoch", "lr", "loss", "loss/<term>", ..., "seconds"}`` after every epoch.
     ``checkpoint_path``: where the mid-training checkpoint lives (default

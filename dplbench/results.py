@@ -1,6 +1,9 @@
 """Result store: one JSON file per unit of work, written atomically, verified by a checksum on read.
 
-Layout: ``<workspace runs>/<protocol>/<method>/<dataset>/shots<K>_seed<S>_<hash8>.json``.
+Layout: ``<workspace runs>/<protocol>/<method>/<dataset>/shots<K>_seed<S>_<hash8>.json``, and next to it the unit's
+per-item prediction sidecar ``...<hash8>.predictions.npz`` (:mod:`dplbench.predictions`), referenced from the
+record as ``record["predictions"] = {"file", "sha256", "bytes"}``. A record without a usable sidecar is still a
+valid result (statistics then leave its cells without an interval).
 Tables and plots are rebuilt from these files alone; MLflow only mirrors them.
 """
 
@@ -73,6 +76,34 @@ class ResultStore:
     def path_for(self, unit: Mapping[str, Any], chash: str) -> Path:
         return self.root / unit_relpath(unit["protocol"], unit["method"], unit["dataset"], unit.get("shots"),
                                         unit["seed"], chash)
+
+    @staticmethod
+    def predictions_path(result_path: str | Path) -> Path:
+        """Where the prediction sidecar of the result file ``result_path`` lives (the only place that says so)."""
+        result_path = Path(result_path)
+        return result_path.with_name(result_path.stem + ".predictions.npz")
+
+    def write_predictions(self, unit: Mapping[str, Any], chash: str, splits: Mapping[str, Any]) -> dict[str, Any]:
+        """Write a unit's sidecar atomically; returns the reference to store as ``record["predictions"]``."""
+        from dplbench.predictions import write_predictions
+
+        return write_predictions(self.predictions_path(self.path_for(unit, chash)), splits)
+
+    @classmethod
+    def read_predictions(cls, record: Mapping[str, Any]) -> dict[str, Any]:
+        """The verified sidecar of a record read by :func:`read_result` / :meth:`iter_records` (``_path`` set);
+        raises :class:`~dplbench.predictions.CorruptPredictionsError` when the record references none or the file
+        is missing, altered or malformed."""
+        from dplbench.predictions import CorruptPredictionsError, read_predictions
+
+        ref = record.get("predictions")
+        where = record.get("_path", "result record")
+        if not isinstance(ref, Mapping) or not isinstance(ref.get("file"), str) or not ref.get("sha256"):
+            raise CorruptPredictionsError(f"{where}: no predictions file recorded")
+        path = Path(where).with_name(Path(ref["file"]).name)
+        if path != cls.predictions_path(where):
+            raise CorruptPredictionsError(f"{where}: predictions file {ref['file']!r} is not this result's sidecar")
+        return read_predictions(path, str(ref["sha256"]))
 
     def write(self, record: Mapping[str, Any]) -> Path:
         """Validate, checksum and atomically write a result record; returns its path."""

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dplbench.errors import ConfigError, did_you_mean, unknown_choice_message
-from dplbench.vocabulary import Precision
+from dplbench.vocabulary import Precision, StatsMode
 
 T = TypeVar("T")
 
@@ -136,6 +136,8 @@ CONFIG_RANGES: dict[str, tuple[Check, ...]] = {
     "ray.gpus_per_trial": (NON_NEGATIVE,),
     "ray.max_concurrent": (POSITIVE_INT,),
     "sweep.num_samples": (POSITIVE_INT,),
+    "report.stats": (one_of(StatsMode.values(), "table statistics"),),
+    "report.n_boot": (POSITIVE_INT,),
     "method.dropout_rate": (RATE,),
     "method.iwtd.p_max": (PROBABILITY,),
     "method.iwtd.p_min": (PROBABILITY,),

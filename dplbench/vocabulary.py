@@ -69,3 +69,11 @@ class Precision(_Vocabulary):
 class Sampler(_Vocabulary):
     tpe = "tpe"
     random = "random"
+
+
+class StatsMode(_Vocabulary):
+    """What tables show of the statistics (docs/statistics.md); the CSV always has every statistics column."""
+
+    marks = "marks"     # significance marks (rows not distinguishable from the best) and the test in a footnote
+    ci = "ci"           # marks and the 95 % interval after every value
+    none = "none"       # neither

@@ -400,7 +400,7 @@ def test_published_rows_and_difference_in_standard_table(built):
     assert drople and all(r["published"] == "" for r in drople)
     coop_avg_hm = next(r for r in csv_rows
                        if r["method"] == "coop" and r["dataset"] == "Average" and r["metric"] == "hm")
-    assert float(coop_avg_hm["published"]) == 71.66 and abs(float(coop_avg_hm["diff"])) < 0.01
+    assert float(coop_avg_hm["published"]) == 71.66 and abs(float(coop_avg_hm["published_diff"])) < 0.01
 
 
 def test_partial_target_set_is_not_compared_with_published_average(built):

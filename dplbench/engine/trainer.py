@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -167,11 +167,31 @@ def train(method: PromptMethod, splits: Any, settings: TrainSettings, *, transfo
     return history
 
 
+class Evaluation(NamedTuple):
+    """What :func:`predict` returns, one entry per item: ``item_ids`` (the item's index in the evaluated list, so
+    stable across seeds and methods), the predicted and the correct label, and the correct label's logit margin
+    (its logit minus the largest other logit: positive exactly when the prediction is right, ties aside)."""
+
+    item_ids: torch.Tensor
+    predicted: torch.Tensor
+    target: torch.Tensor
+    margin: torch.Tensor
+
+
+def _decide(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(argmax, correct-label margin) of one batch of logits, both moved to the CPU."""
+    logits = logits.float()
+    correct = logits.gather(1, target[:, None]).squeeze(1)
+    others = logits.scatter(1, target[:, None], float("-inf")).amax(dim=1) if logits.shape[1] > 1 else \
+        torch.full_like(correct, float("-inf"))
+    return logits.argmax(dim=-1).cpu(), (correct - others).cpu()
+
+
 @torch.no_grad()
 def predict(method: PromptMethod, splits: Any, items: Sequence[Any], *, transform: Callable,
             transform_desc: Sequence[str], split: str = "test", batch_size: int = 100, num_workers: int = 0,
-            cache: Any = None, feature_batch: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """(predicted labels, true labels) for ``items``, gradient-free, with the final state.
+            cache: Any = None, feature_batch: int = 4096) -> Evaluation:
+    """Per-item predictions for ``items`` (an :class:`Evaluation`), gradient-free, with the final state.
 
     Methods with a frozen image tower read the prompt-free test-image features from ``cache`` (computed once per
     backbone / dataset / split / item list / transform) and classify them in large chunks.
@@ -182,19 +202,28 @@ def predict(method: PromptMethod, splits: Any, items: Sequence[Any], *, transfor
     method.eval()
     backbone = method.backbone
     labels = torch.tensor([d.label for d in items], dtype=torch.long)
+    preds: list[torch.Tensor] = []
+    margins: list[torch.Tensor] = []
     if FROZEN_IMAGE_TOWER in method.capabilities:
         feats = frozen_image_features(backbone, splits, items, transform, transform_desc, split=split, cache=cache,
                                       batch_size=max(batch_size, 256), num_workers=num_workers)
         with backbone.autocast():
-            preds = torch.cat([method.logits_from_image_features(feats[i:i + feature_batch].to(backbone.device))
-                               .argmax(dim=-1).cpu() for i in range(0, feats.shape[0], feature_batch)])
-        return preds, labels
-    loader = make_loader(splits, items, transform, batch_size, shuffle=False, num_workers=num_workers)
-    out = []
-    with backbone.autocast():
-        for images, _ in loader:
-            out.append(method.logits(images.to(backbone.device)).argmax(dim=-1).cpu())
-    return (torch.cat(out) if out else torch.empty(0, dtype=torch.long)), labels
+            for i in range(0, feats.shape[0], feature_batch):
+                logits = method.logits_from_image_features(feats[i:i + feature_batch].to(backbone.device))
+                pred, margin = _decide(logits, labels[i:i + feature_batch].to(logits.device))
+                preds.append(pred)
+                margins.append(margin)
+    else:
+        loader = make_loader(splits, items, transform, batch_size, shuffle=False, num_workers=num_workers)
+        with backbone.autocast():
+            for images, target in loader:
+                logits = method.logits(images.to(backbone.device))
+                pred, margin = _decide(logits, target.to(logits.device))
+                preds.append(pred)
+                margins.append(margin)
+    empty = torch.empty(0)
+    return Evaluation(torch.arange(len(items)), torch.cat(preds) if preds else empty.long(), labels,
+                      torch.cat(margins) if margins else empty)
 
 
 def accuracy(preds: torch.Tensor, labels: torch.Tensor) -> float:

@@ -1,5 +1,5 @@
-"""What runs inside one trial: execute a unit, write its result file (done or failed), mirror it to MLflow,
-report to Ray Tune.
+"""What runs inside one trial: execute a unit, write its per-item prediction sidecar and its result file (done or
+failed), mirror it to MLflow, report to Ray Tune.
 
 A failing unit (NaN loss, missing data, out of memory, any exception) is caught here and written as a ``failed``
 result with a one-line reason, so the other trials go on. Only KeyboardInterrupt / SystemExit propagate.
@@ -85,6 +85,11 @@ def execute_and_record(unit: Unit, runtime: Runtime, *, executor: Executor | Non
     }
     if trace:
         record["extra"]["traceback"] = trace
+    if status == "done" and output.get("predictions"):
+        try:  # the sidecar goes first: a record never references a file that is not there yet
+            record["predictions"] = store.write_predictions(record["unit"], unit.config_hash, output["predictions"])
+        except (OSError, ValueError) as exc:  # the result stays valid; its cells just get no interval
+            record["extra"]["predictions_error"] = error_line(exc)
     path = store.write(record)
     mlflow_run.finish(record, path)
     if report is not None:

@@ -4,6 +4,12 @@ The aggregated frame (:func:`dplbench.report.aggregation.aggregate`) is turned i
 rows, one column per metric / target / shot count), which each renderer prints. Published numbers, when the
 records' protocol and dataset names match rows of the reference CSV, appear under the measured row together with
 the difference (measured − published).
+
+Statistics (docs/statistics.md, :mod:`dplbench.report.significance`): from the per-item prediction sidecars every
+cell gets a 95 % interval and a paired comparison with the best row of its block and column (Holm over the
+block's rows). The CSV always carries them (``ci_low``, ``ci_high``, ``ref``, ``diff``, ``diff_ci_low``,
+``diff_ci_high``, ``p_value``, ``p_holm``); the other formats mark rows not significantly different from the best
+with ``≈`` and, with ``stats="ci"``, print the interval after the value (``stats="none"``: neither).
 """
 
 from __future__ import annotations
@@ -20,13 +26,15 @@ import pandas as pd
 from dplbench.errors import DplbenchError, UnknownNameError
 from dplbench.report.aggregation import AVERAGE, aggregate
 from dplbench.report.layouts import layout_spec, resolve_layout
-from dplbench.vocabulary import Layout
+from dplbench.vocabulary import Layout, StatsMode
 from dplbench.report.reference import (AVERAGE_MEMBERS, COMPARABLE_METHODS, DATASET_NAMES, NOT_COMPARABLE_NOTES,
                                        PUBLISHED_SHOTS, ReferenceNumbers, dataset_display, load_reference)
 from dplbench.fileio import atomic_write_text
 from dplbench.results import ResultStore
 
 FORMATS = ("md", "tex", "csv")
+STATS_MODES = StatsMode.values()
+TIED = "≈"
 DAGGER = "†"
 DASH = "—"
 METRIC_HEADERS = {"base": "Base", "novel": "Novel", "hm": "HM", "many": "Many", "medium": "Medium", "few": "Few",
@@ -42,6 +50,9 @@ class Cell:
     complete: bool = True
     failed: bool = False
     bold: bool = False
+    ci_low: float = math.nan
+    ci_high: float = math.nan
+    tied: bool = False              # not significantly different from the best row of its block and column
 
 
 @dataclass
@@ -69,6 +80,7 @@ class TableModel:
     notes: list[str]                # plain-text notes; footnotes start with the dagger
     decimals: int
     show_std: bool
+    stats: str = "marks"            # one of STATS_MODES
 
 
 # --- model ------------------------------------------------------------------------------------------------------
@@ -135,8 +147,11 @@ def _average_comparable(frame, layout: str, protocol: str) -> bool:
 
 
 def build_model(frame, layout: str, *, protocol: str, reference: Any = None, decimals: int = 2,
-                show_std: bool = True) -> TableModel:
-    """Turn the aggregated frame into blocks of rows with bold best cells, published rows and notes."""
+                show_std: bool = True, stats: str = "marks", statistics: Any = None) -> TableModel:
+    """Turn the aggregated frame into blocks of rows with bold best cells, published rows and notes; ``frame``
+    annotated by ``statistics.annotate`` (a :class:`~dplbench.report.significance.TableStatistics`) adds the
+    intervals and significance marks."""
+    _check_stats_mode(stats)
     spec = layout_spec(layout)
     layout = spec.name.value
     records = frame.to_dict("records")
@@ -182,8 +197,31 @@ def build_model(frame, layout: str, *, protocol: str, reference: Any = None, dec
     block_header = None if spec.transfer and len(block_keys) == 1 else ("Source" if spec.transfer else "Dataset")
     standard = ref is not None and any(d in DATASET_NAMES for d in frame["dataset"])
     notes = _notes(layout, records, used_sources, standard, {r["method"] for r in records})
+    if statistics is not None and stats != "none":
+        notes += _stats_notes(statistics, stats, any(isinstance(c, Cell) and c.tied for b in blocks
+                                                     for r in b.rows for c in r.cells))
     return TableModel(protocol, layout, spec.caption, columns, groups, block_header, blocks, notes, decimals,
-                      show_std)
+                      show_std, stats)
+
+
+def _check_stats_mode(stats: str) -> None:
+    if stats not in STATS_MODES:
+        raise UnknownNameError("table statistics mode", stats, STATS_MODES)
+
+
+def _stats_notes(statistics: Any, stats: str, any_tied: bool) -> list[str]:
+    from dplbench.report.significance import ALPHA
+
+    notes = []
+    if stats == "ci":
+        notes.append(f"[low, high]: {100 * statistics.level:g} % interval of the cell over training seeds and test "
+                     "items (docs/statistics.md); HM and Average intervals come from the bootstrap of their parts.")
+    if statistics.boot is not None:
+        notes.append(f"{TIED}: not significantly different from the reference, the best row of its block and "
+                     f"column" + ("" if any_tied else " (no such row here)") + "; other rows are significantly "
+                     f"below it; test: {statistics.method_text()}, Holm-adjusted over the block's rows, alpha {ALPHA:g}.")
+    notes += [f"{DAGGER} {n}" for n in statistics.notes]
+    return notes
 
 
 def _plain(row: Mapping[str, Any]) -> bool:
@@ -192,9 +230,14 @@ def _plain(row: Mapping[str, Any]) -> bool:
 
 
 def _cell(row: Mapping[str, Any]) -> Cell:
+    from dplbench.report.significance import ALPHA
+
+    p_holm = row.get("p_holm", math.nan)
     return Cell(mean=float(row["mean"]), std=float(row["std"]), n=int(row["n_seeds"]),
                 expected=int(row["expected_seeds"]), complete=bool(row["complete"]),
-                failed=bool(row["failed_seeds"]))
+                failed=bool(row["failed_seeds"]), ci_low=float(row.get("ci_low", math.nan)),
+                ci_high=float(row.get("ci_high", math.nan)),
+                tied=bool(not pd.isna(p_holm) and float(p_holm) >= ALPHA))
 
 
 def _column_header(key: Any, layout: str) -> str:
@@ -238,7 +281,8 @@ def _notes(layout: str, records: list[Mapping[str, Any]], used_sources: Mapping[
 
 
 # --- cell text --------------------------------------------------------------------------------------------------
-def _cell_text(cell: Cell | float | None, kind: str, decimals: int, show_std: bool, pm: str) -> tuple[str, bool]:
+def _cell_text(cell: Cell | float | None, kind: str, decimals: int, show_std: bool, pm: str,
+               stats: str = "none") -> tuple[str, bool]:
     """(text, bold) of one cell in plain characters; the caller escapes / decorates it."""
     if cell is None or (not isinstance(cell, Cell) and math.isnan(cell)):
         return DASH, False
@@ -251,10 +295,14 @@ def _cell_text(cell: Cell | float | None, kind: str, decimals: int, show_std: bo
     text = f"{cell.mean:.{decimals}f}"
     if show_std and cell.n >= 2:
         text += f" {pm} {cell.std:.{decimals}f}"
+    if stats == "ci" and math.isfinite(cell.ci_low):
+        text += f" [{cell.ci_low:.{decimals}f}, {cell.ci_high:.{decimals}f}]"
     if cell.n != cell.expected:
         text += f" ({cell.n}/{cell.expected})"
     if not cell.complete:
         text += DAGGER
+    if stats != "none" and cell.tied:
+        text += TIED
     return text, cell.bold
 
 
@@ -280,7 +328,7 @@ def _grid(model: TableModel, *, bold: bool) -> tuple[list[str], list[list[str]],
         for i, row in enumerate(block.rows):
             cells = []
             for c in row.cells:
-                text, is_bold = _cell_text(c, row.kind, model.decimals, model.show_std, "±")
+                text, is_bold = _cell_text(c, row.kind, model.decimals, model.show_std, "±", model.stats)
                 cells.append(f"**{text}**" if bold and is_bold else text)
             lead = []
             if model.block_header:
@@ -327,7 +375,8 @@ def to_text(model: TableModel) -> str:
 _TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 _TEX_UNICODE = {"—": "---", "–": "--", "±": r"$\pm$", "Δ": r"$\Delta$", "−": "$-$", DAGGER: r"$^\dagger$",
-                "→": r"$\rightarrow$"}
+                "→": r"$\rightarrow$",
+               TIED: r"$^{\approx}$"}
 
 
 def tex_escape(text: str) -> str:
@@ -372,7 +421,7 @@ def to_latex(model: TableModel) -> str:
         for row in block.rows:
             cells = []
             for c in row.cells:
-                text, bold = _cell_text(c, row.kind, model.decimals, model.show_std, "±")
+                text, bold = _cell_text(c, row.kind, model.decimals, model.show_std, "±", model.stats)
                 text = tex_escape(text)
                 cells.append(r"\textbf{" + text + "}" if bold else text)
             label = _row_label(row, tex=True)
@@ -409,7 +458,7 @@ def to_csv(frame, layout: str, *, protocol: str, reference: Any = None) -> str:
         published.append(hit.value if hit else math.nan)
         sources.append(hit.source if hit else "")
     out["published"] = published
-    out["diff"] = out["mean"] - out["published"]
+    out["published_diff"] = out["mean"] - out["published"]
     out["published_source"] = sources
     out["notes"] = [" | ".join(n) for n in frame["notes"]]
     return pd.DataFrame(out).to_csv(index=False, float_format="%.6f", lineterminator="\n")
@@ -427,19 +476,25 @@ def _records_for(records: Iterable[Mapping[str, Any]], protocol: str) -> list[Ma
 
 def build_tables(records: Iterable[Mapping[str, Any]], layout: str, *, protocol: str, out_dir: str | Path,
                  formats: Sequence[str] = FORMATS, reference: Any = None, decimals: int = 2,
-                 round_per_seed: int | None = None, show_std: bool = True) -> dict[str, Path]:
+                 round_per_seed: int | None = None, show_std: bool = True, stats: str = "marks",
+                 statistics: Any = None, n_boot: int | None = None) -> dict[str, Path]:
     """Write ``<out_dir>/<protocol>.{md,tex,csv}``; returns {format: path}.
 
     ``out_dir`` is the tables folder itself (the CLI passes ``<output_dir>/tables``). ``reference``: None = the
     repository's reference numbers when they cover the protocol; False = none; a path or ReferenceNumbers.
+    ``stats``: ``marks`` (significance marks), ``ci`` (marks and intervals) or ``none`` in md/tex; the CSV always
+    has the statistics columns. ``statistics``: a precomputed :func:`~dplbench.report.significance.
+    table_statistics` of the same records (computed here otherwise, with ``n_boot`` replicates).
     """
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise UnknownNameError("table format", unknown[0], FORMATS)
+    _check_stats_mode(stats)
     records = _records_for(records, protocol)
-    frame = aggregate(records, layout, round_per_seed=round_per_seed)
+    frame, statistics = _annotated_frame(records, layout, round_per_seed, statistics, n_boot)
     ref = _resolve_reference(reference, protocol) or False
-    model = build_model(frame, layout, protocol=protocol, reference=ref, decimals=decimals, show_std=show_std)
+    model = build_model(frame, layout, protocol=protocol, reference=ref, decimals=decimals, show_std=show_std,
+                        stats=stats, statistics=statistics)
     writers = {"md": lambda: to_markdown(model), "tex": lambda: to_latex(model),
                "csv": lambda: to_csv(frame, layout, protocol=protocol, reference=ref)}
     paths = {}
@@ -450,10 +505,22 @@ def build_tables(records: Iterable[Mapping[str, Any]], layout: str, *, protocol:
     return paths
 
 
+def _annotated_frame(records: list[Mapping[str, Any]], layout: str, round_per_seed: int | None, statistics: Any,
+                     n_boot: int | None):
+    from dplbench.report.significance import DEFAULT_BOOT, table_statistics
+
+    frame = aggregate(records, layout, round_per_seed=round_per_seed)
+    if statistics is None:
+        statistics = table_statistics(records, layout, n_boot=n_boot or DEFAULT_BOOT)
+    return statistics.annotate(frame), statistics
+
+
 def render_terminal(records: Iterable[Mapping[str, Any]], layout: str, *, protocol: str | None = None,
                     reference: Any = None, decimals: int = 2, round_per_seed: int | None = None,
-                    show_std: bool = True) -> str:
+                    show_std: bool = True, stats: str = "marks", statistics: Any = None,
+                    n_boot: int | None = None) -> str:
     """Plain-text table (aligned columns, notes below) to print at the end of ``dplbench run``."""
+    _check_stats_mode(stats)
     records = list(records)
     if protocol is None:
         protocols = sorted({str((r.get("unit") or {}).get("protocol", "")) for r in records})
@@ -461,9 +528,9 @@ def render_terminal(records: Iterable[Mapping[str, Any]], layout: str, *, protoc
             raise DplbenchError(f"records of several protocols ({', '.join(protocols)}); pass protocol=NAME")
         protocol = protocols[0]
     records = _records_for(records, protocol)
-    frame = aggregate(records, layout, round_per_seed=round_per_seed)
+    frame, statistics = _annotated_frame(records, layout, round_per_seed, statistics, n_boot)
     model = build_model(frame, layout, protocol=protocol, reference=reference, decimals=decimals,
-                        show_std=show_std)
+                        show_std=show_std, stats=stats, statistics=statistics)
     return to_text(model)
 
 
