@@ -80,6 +80,8 @@ def _config(args: argparse.Namespace, validate_methods: bool = True):
 
 def _ls_settings(kind: str, overrides: list[str]) -> dict:
     """The ``key=value`` settings ``ls <kind>`` understands (only ``data.root``, for datasets); others are errors."""
+    if not overrides:  # the common case stays cheap: no OmegaConf import
+        return {}
     from dplbench.config import parse_overrides
     from dplbench.errors import ConfigError, did_you_mean
 
