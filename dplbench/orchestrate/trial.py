@@ -54,7 +54,7 @@ def execute_and_record(unit: Unit, runtime: Runtime, *, executor: Executor | Non
     from dplbench.environment import environment_record
 
     store = ResultStore(runtime.output_dir)
-    mlflow_run = UnitRun(tracking, unit)
+    mlflow_run = UnitRun(tracking, unit, str(runtime.device))
     history: list[dict[str, Any]] = []
 
     def on_epoch(row: Mapping[str, Any]) -> None:
