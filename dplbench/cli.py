@@ -237,8 +237,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         names = []
         for name in protocols:
             part = PROTOCOLS.get(name).suites.get(suite) or {}
-            names += list(part.get("datasets") or []) + [part["source"]] * bool(part.get("source")) + \
-                list(part.get("targets") or [])
+            names += [*(part.get("datasets") or []), *([part["source"]] if part.get("source") else []),
+                      *(part.get("targets") or [])]
         names = [DATASETS.canonical(n) for n in dict.fromkeys(names)]
     paths = {DATASETS.canonical(k[len("data.paths."):]): str(v) for k, v in settings.items()
              if k.startswith("data.paths.")}

@@ -162,7 +162,7 @@ def train(method: PromptMethod, splits: Any, settings: TrainSettings, *, transfo
                                 "scaler": scaler.state_dict() if scaler is not None else None,
                                 "history": history}, ckpt)
         if on_epoch is not None:
-            on_epoch(dict(record))
+            on_epoch({**record, "epochs": settings.epochs})  # the total, for "epoch k/E" progress lines
     method.eval()
     return history
 
