@@ -35,6 +35,7 @@ class DataConfig:
     root: Optional[str] = None            # null -> $DPLBENCH_DATA -> ~/data
     num_workers: int = 0
     crop_scale: Optional[list[float]] = None  # training RandomResizedCrop scale; null = the dataset's default
+    paths: dict[str, str] = field(default_factory=dict)  # dataset name -> its folder (overrides root/<folder>)
 
 
 @dataclass
@@ -149,9 +150,17 @@ def _set(cfg: DictConfig, key: str, value: Any) -> None:
             msg += f"; did you mean {hint!r}?"
         raise ConfigError(msg + f" Valid keys: {', '.join(sorted(keys))}") from None
     except ValidationError as exc:
-        raise ConfigError(describe_omegaconf_error(exc, key)) from None
+        raise ConfigError(describe_omegaconf_error(exc, key).rstrip(".") + _list_hint(cfg, key, value)) from None
     except OmegaConfBaseException as exc:
         raise ConfigError(f"invalid override {key}={value!r}: {str(exc).splitlines()[0]}") from None
+
+
+def _list_hint(cfg: DictConfig, key: str, value: Any) -> str:
+    """``seeds=1,2`` arrives as the string "1,2": suggest the list syntax."""
+    if isinstance(value, list) or not isinstance(OmegaConf.select(cfg, key), ListConfig):
+        return ""
+    items = str(value).replace(" ", "")
+    return f" (a list is written {key}=[{items}])"
 
 
 def load_config_file(path: str | Path) -> list[tuple[str, Any]]:
@@ -189,6 +198,12 @@ def build_config(overrides: list[str] | None = None, config_file: str | Path | N
     return cfg
 
 
+def explicit_keys(overrides: list[str] | None = None, config_file: str | Path | None = None) -> set[str]:
+    """The dotted keys the user set (shorthands resolved: ``method=coop`` -> ``methods``): what a report selects."""
+    pairs = (load_config_file(config_file) if config_file else []) + parse_overrides(list(overrides or []))
+    return {_apply_shorthand(key, value)[0] for key, value in pairs}
+
+
 def reject_conflicting_shorthands(pairs: list[tuple[str, Any]]) -> None:
     """``method=coop methods=[kgcoop]`` or ``seed=1 seed=2`` in one source is ambiguous: an error, not last-wins.
 
@@ -222,6 +237,8 @@ def absolutize_paths(cfg: DictConfig) -> None:
         value = cfg[section][key]
         if value:
             cfg[section][key] = str(Path(value).expanduser().absolute())
+    for name, value in cfg.data.paths.items():
+        cfg.data.paths[name] = str(Path(value).expanduser().absolute())
 
 
 def fill_protocol_defaults(cfg: DictConfig, explicit: set[str]) -> None:
@@ -254,6 +271,7 @@ def validate_names(cfg: DictConfig, *, validate_methods: bool = True) -> None:
         cfg[key] = [DATASETS.canonical(d) for d in cfg[key]]
     if cfg.source is not None:
         cfg.source = DATASETS.canonical(cfg.source)
+    cfg.data.paths = {DATASETS.canonical(name): path for name, path in cfg.data.paths.items()}
     if cfg.backbone.name not in BACKBONES:
         _validate_open_clip_name(cfg.backbone.name, BACKBONES.list())
     if validate_methods and cfg.method:

@@ -20,7 +20,7 @@ from typing import Any
 from dplbench.errors import ConfigError
 from dplbench.report.reference import harmonic_mean
 from dplbench.runtime import Runtime
-from dplbench.units import Unit, to_plain
+from dplbench.units import Unit
 from dplbench.vocabulary import Kind
 
 SOURCE_FORMAT = "dplbench-source-model/1"
@@ -67,7 +67,7 @@ class _UnitRun:
         from dplbench.catalog import DATASETS, METHODS
         from dplbench.data.transforms import DEFAULT_CROP_SCALE, build_transform, describe_transform
         from dplbench.engine.cache import feature_cache
-        from dplbench.engine.recipes import resolve_recipe
+        from dplbench.engine.recipes import resolve_unit_recipe
         from dplbench.engine.seeding import seed_everything, set_deterministic
 
         self.unit = unit
@@ -90,10 +90,7 @@ class _UnitRun:
         self.backbone = create_backbone(replace(settings.backbone, cache_dir=runtime.weights_cache_dir),
                                         self.device)
         self.method_cls = METHODS.get(unit.method)
-        recipe = self.method_cls.recipe(unit.recipe, unit.dataset, unit.shots)
-        self.recipe = resolve_recipe(recipe, self.method_cls.Options, epochs=train_cfg.epochs, lr=train_cfg.lr,
-                                     batch_size=train_cfg.batch_size, epoch_scale=train_cfg.epoch_scale,
-                                     options=to_plain(unit.options or {}), method=unit.method)
+        self.recipe = resolve_unit_recipe(unit)
         bb = self.backbone
         info = DATASETS.get(unit.dataset) if unit.dataset in DATASETS else None  # tests inject unregistered data
         crop_scale = tuple(settings.data.crop_scale or (info.crop_scale if info else DEFAULT_CROP_SCALE))
@@ -108,6 +105,7 @@ class _UnitRun:
         self.eval_seconds = 0.0
         self.extra: dict[str, Any] = {}
         self.data_notes: dict[str, Any] = {}
+        self.data_files: dict[str, dict[str, Any]] = {}  # dataset -> sha256 of its split and few-shot index files
         self.method = None
         self.method_faithfulness: dict[str, Any] = {}
         self.predictions: dict[str, Any] = {}    # sidecar split name -> SplitPredictions (metric names)
@@ -116,14 +114,21 @@ class _UnitRun:
     def load(self, name: str):
         from dplbench.data import load_dataset
 
-        return load_dataset(name, self.runtime.data_root)
+        splits = load_dataset(name, self.runtime.data_root, path=(self.runtime.data_paths or {}).get(name))
+        self.data_files.setdefault(name, {})["split"] = splits.source_digest()
+        return splits
 
     def fewshot(self, splits: Any, shots: int | None):
-        from dplbench.data.fewshot import sample_fewshot
+        from dplbench.data.base import file_sha256
+        from dplbench.data.fewshot import fewshot_path, sample_fewshot
 
         if shots is None:
             return splits
-        return sample_fewshot(splits, int(shots), self.split_seed, cache_dir=self.workspace.cache)
+        subset = sample_fewshot(splits, int(shots), self.split_seed, cache_dir=self.workspace.cache)
+        path = fewshot_path(self.workspace.cache, splits.name, int(shots), self.split_seed)
+        if path.is_file():
+            self.data_files.setdefault(splits.name, {})["fewshot"] = {"file": path.name, "sha256": file_sha256(path)}
+        return subset
 
     # -- method -------------------------------------------------------------------------------------------
     def build_method(self, classnames: list[str], dataset: str):
@@ -318,6 +323,7 @@ class _UnitRun:
             "deterministic": self.deterministic,
             "evaluation": "final state (last epoch), no selection on test data",
             **({"data": self.data_notes} if self.data_notes else {}),
+            "data_files": self.data_files,
         }
         extra = {**self.extra, "train_seconds": self.train_seconds, "eval_seconds": self.eval_seconds,
                  **_peak_memory(self.device),

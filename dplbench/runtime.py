@@ -1,6 +1,6 @@
 """Where and how a unit runs, as opposed to what it computes.
 
-:class:`Runtime` holds exactly the settings that never change a unit's numbers: the device, the data root, the
+:class:`Runtime` holds exactly the settings that never change a unit's numbers: the device, the data root (and per-dataset folders), the
 loader workers, the backbone weights cache and the output folder (with ``run.force``). Everything else a unit
 needs is in its hashed config (:mod:`dplbench.units`), so ``execute_unit(unit, runtime)`` is reproducible from the
 result file alone. :data:`HASH_EXCLUDE`, the config keys left out of a unit's hash, is derived from this class, so
@@ -10,6 +10,7 @@ a new runtime setting cannot be forgotten in one of the two places.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from dplbench.workspace import Workspace
@@ -28,6 +29,7 @@ class Runtime:
     force: bool = _key("run.force")
     device: str = _key("run.device")
     data_root: str | None = _key("data.root")
+    data_paths: Mapping[str, str] = _key("data.paths")  # dataset name -> its folder
     num_workers: int = _key("data.num_workers")
     weights_cache_dir: str | None = _key("backbone.cache_dir")
 
@@ -43,7 +45,8 @@ class Runtime:
         values = {}
         for f in fields(cls):
             section, key = f.metadata["key"].split(".")
-            values[f.name] = cfg[section][key]
+            value = cfg[section][key]
+            values[f.name] = dict(value) if hasattr(value, "items") else value
         return replace(cls(**values), **changes)
 
     @property

@@ -7,6 +7,7 @@ One :class:`Workspace` owns the layout; no other module spells a subfolder or fi
       cache/                                      frozen features, few-shot and long-tail index files
       checkpoints/                                shared source models of transfer units; resume/ mid-training
       tables/  plots/  sweeps/                    rebuilt reports and sweep summaries
+      logs/<unit>.log                             the console output and log lines of each unit
       ray/                                        Ray Tune experiment folders
       mlflow.db  mlartifacts/                     the default MLflow tracking database and artifact store
       .dplbench-ray.json                          the record of the local Ray instance a live run started
@@ -57,6 +58,13 @@ class Workspace:
     @property
     def sweeps(self) -> Path:
         return self.root / "sweeps"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def unit_log(self, unit_name: str) -> Path:
+        return self.logs / f"{unit_name}.log"
 
     @property
     def ray(self) -> Path:

@@ -21,9 +21,17 @@ class DatasetInfo:
     crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop scale of the training transform
     image_dir: str = ""            # image folder relative to the dataset folder (standard datasets)
     split_file: str = ""           # split file (or split-file prefix) relative to the dataset folder
+    split_sizes: tuple[int | None, int | None, int | None] = (None, None, None)  # published train/val/test
+    #                                                          counts (docs/protocols.md §2.2); None = not checked
+    other_folders: tuple[str, ...] = ()  # folder names other code bases use for the same data (e.g. ImageNet_LT)
 
     def directory(self, root: str | Path) -> Path:
-        return Path(root).expanduser() / self.folder
+        """``root/<folder>``, or ``root/<other folder>`` when only that one exists."""
+        base = Path(root).expanduser()
+        for name in (self.folder, *self.other_folders):
+            if (base / name).is_dir():
+                return base / name
+        return base / self.folder
 
     def is_available(self, root: str | Path | None) -> bool:
         """Cheap check (a few `exists` calls) that the expected files are present."""

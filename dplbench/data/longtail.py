@@ -82,11 +82,21 @@ def bucket_accuracies(preds: Sequence[int], labels: Sequence[int],
 
 
 # -- LIFT datasets ------------------------------------------------------------------------------------------
-def _lt_image_dir(info: DatasetInfo, directory: Path, root: Path) -> Path:
-    own = directory / info.image_dir
-    if own.is_dir() or info.name not in _IMAGE_FALLBACK:
-        return require(info, own, "image folder")
-    return require(info, root.joinpath(*_IMAGE_FALLBACK[info.name]), "image folder")
+def _lt_image_dir(info: DatasetInfo, directory: Path, root: Path, first: str | None = None) -> Path:
+    """Where the split files' relative paths resolve: ``<folder>/images/``, the folder itself (images next to the
+    split files, as in LIFT's ``ImageNet_LT/`` and ``Places_LT/``), or the dataset's fallback image root. The first
+    one holding the first training image wins; else the first existing one."""
+    candidates = [directory / info.image_dir, directory]
+    if info.name in _IMAGE_FALLBACK:
+        candidates.append(root.joinpath(*_IMAGE_FALLBACK[info.name]))
+    if first is not None:
+        for candidate in candidates:
+            if (candidate / first).exists():
+                return candidate
+    for candidate in (candidates[0], *candidates[2:]):
+        if candidate.is_dir():
+            return candidate
+    return require(info, candidates[0], "image folder")
 
 
 def _read_lt_list(info: DatasetInfo, path: Path, classnames: list[str]) -> list[Datum]:
@@ -106,9 +116,9 @@ def load_lt_dataset(info: DatasetInfo, root: Path) -> DatasetSplits:
     optional) and ``classnames.txt`` (line i = ``<folder> <name words>`` of label i)."""
     directory = dataset_dir(info, root)
     raw_names = list(read_wnid_classnames(info, directory / "classnames.txt").values())
-    image_dir = _lt_image_dir(info, directory, root)
     prefix = info.split_file
     train = _read_lt_list(info, directory / f"{prefix}_train.txt", raw_names)
+    image_dir = _lt_image_dir(info, directory, root, train[0].impath if train else None)
     val_path = directory / f"{prefix}_val.txt"
     val = _read_lt_list(info, val_path, raw_names) if val_path.exists() else []
     test = _read_lt_list(info, directory / f"{prefix}_test.txt", raw_names)

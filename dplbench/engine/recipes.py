@@ -93,3 +93,16 @@ def resolve_recipe(recipe: Recipe, options_cls: type, *, epochs: int | None = No
         if values[key] < (0 if key == "epochs" else 1):
             raise ConfigError(f"train.{key} must be positive, got {values[key]}")
     return ResolvedRecipe(options=opts, source=recipe.source, **values)
+
+
+def resolve_unit_recipe(unit: Any) -> ResolvedRecipe:
+    """The recipe a unit really trains with: its method's recipe for the unit's family, dataset and shots, after
+    the unit's ``train.*`` settings and ``method.*`` options (what `execute_unit` runs and `--cfg` prints)."""
+    from dplbench.catalog import METHODS
+    from dplbench.units import to_plain
+
+    method_cls = METHODS.get(unit.method)
+    train = unit.settings.train
+    return resolve_recipe(method_cls.recipe(unit.recipe, unit.dataset, unit.shots), method_cls.Options,
+                          epochs=train.epochs, lr=train.lr, batch_size=train.batch_size,
+                          epoch_scale=train.epoch_scale, options=to_plain(unit.options or {}), method=unit.method)

@@ -153,8 +153,9 @@ def train(method: PromptMethod, splits: Any, settings: TrainSettings, *, transfo
                 sums[name] = sums.get(name, 0.0) + _to_float(value)
             steps += 1
         method.on_epoch_end(epoch + 1, settings.epochs)
-        record = {"epoch": epoch + 1, "lr": lr, **{k: v / max(steps, 1) for k, v in sums.items()},
-                  "steps": steps, "seconds": time.perf_counter() - t0}
+        record = {"epoch": epoch + 1, "epochs": settings.epochs, "lr": lr,  # epochs: for "epoch k/E" progress
+                  **{k: v / max(steps, 1) for k, v in sums.items()}, "steps": steps,
+                  "seconds": time.perf_counter() - t0}
         history.append(record)
         if ckpt is not None:
             atomic_torch_save({"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "epoch": epoch + 1,

@@ -10,6 +10,8 @@ from typing import Any
 
 from ray import tune
 
+from dplbench.orchestrate.timing import eta_text
+
 HEARTBEAT_S = 15.0
 
 
@@ -40,12 +42,15 @@ class Progress(tune.Callback):
             self.last_beat[trial.trial_id] = now
             name, _, _ = self.describe(trial.config, result)
             extra = metrics_text({k: v for k, v in result.items() if k in ("loss", "lr", "acc", "train_acc")})
-            self._print(f"         {name}: epoch {result['epoch']} {extra}".rstrip())
+            total = result.get("epochs")
+            epoch = f"{result['epoch']}/{total}" if total else str(result["epoch"])
+            self._print(f"         {name}: epoch {epoch} {extra}".rstrip())
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.finished += 1
         name, status, detail = self.describe(trial.config, trial.last_result or {})
-        self._print(f"[{self.finished:>{len(str(self.total))}}/{self.total}] {status:<6} {name}  {detail}".rstrip())
+        self._print(f"[{self.finished:>{len(str(self.total))}}/{self.total}] {status:<6} {name}  {detail}  "
+                    f"[{eta_text(self.finished, self.total, time.monotonic() - self.start)}]")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.finished += 1

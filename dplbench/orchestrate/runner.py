@@ -178,14 +178,18 @@ def _run_with_ray(cfg: Config, pending: list[Unit], info: tracking_mod.TrackingI
 
 def _run_in_process(cfg: Config, pending: list[Unit], info: tracking_mod.TrackingInfo | None,
                     executor: Executor | None) -> None:
+    from dplbench.orchestrate.timing import eta_text
+
     width = len(str(len(pending)))
     runtime = Runtime.from_config(cfg)
+    start = time.monotonic()
     for i, unit in enumerate(pending, 1):
         record, _ = execute_and_record(unit, runtime, executor=executor, tracking=info)
         detail = record["error"] or " ".join(f"{k}={v:.2f}" for k, v in
                                              tracking_mod.numeric_metrics(record["metrics"]).items())
         print(f"[{i:>{width}}/{len(pending)}] {record['status']:<6} {unit.name}  {detail}  "
-              f"({record['timing']['seconds']:.1f}s)", flush=True)
+              f"({record['timing']['seconds']:.1f}s) [{eta_text(i, len(pending), time.monotonic() - start)}]",
+              flush=True)
 
 
 def _tally(cfg: Config, pending: list[Unit], crashed: dict[str, str], summary: RunSummary) -> None:

@@ -251,7 +251,7 @@ def apply_params(cfg: Config, params: Mapping[str, Any]) -> Any:
 
 
 def evaluate_configuration(cfg: Config, params: Mapping[str, Any], metric: str, *, executor=None,
-                           tracking: tracking_mod.TrackingInfo | None = None) -> dict[str, Any]:
+                           tracking: tracking_mod.TrackingInfo | None = None, verbose: bool = False) -> dict[str, Any]:
     """Run (or reuse) every unit of one configuration; returns {"objective", "units", "done", "failed", ...}."""
     from dplbench.orchestrate.trial import execute_and_record
     from dplbench.units import expand_units
@@ -266,6 +266,10 @@ def evaluate_configuration(cfg: Config, params: Mapping[str, Any], metric: str, 
             record, _ = execute_and_record(unit, Runtime.from_config(trial_cfg), executor=executor,
                                            tracking=tracking)
             ran += 1
+            if verbose:  # the trial's units as they finish
+                detail = record["error"] or " ".join(f"{k}={v:.2f}" for k, v in
+                                                     tracking_mod.numeric_metrics(record["metrics"]).items())
+                print(f"         {record['status']:<6} {unit.name}  {detail}", flush=True)
         records.append(record)
     value = objective(records, metric)
     failed = sum(r["status"] != "done" for r in records)
@@ -329,7 +333,7 @@ class SweepSummary:
     search: str
     metric: str
     mode: str
-    sampler: str | None                 # Optuna sampler repr (None for grids)
+    sampler: str | None                 # Optuna sampler class name, e.g. TPESampler (None for grids)
     sampler_seed: int | None
     optuna_version: str | None
     trials: list[dict[str, Any]] = field(default_factory=list)   # params, objective, units, failed, ...
@@ -348,17 +352,22 @@ class SweepSummary:
                  + (f" ({self.sampler})" if self.sampler else "") + f", {self.metric} ({self.mode})"
                  + f" in {self.seconds:.1f}s"]
         for t in self.trials:
-            params = ", ".join(f"{k}={v}" for k, v in t["params"].items())
+            params = ", ".join(f"{k}={_short(v)}" for k, v in t["params"].items())
             value = t.get("objective")
             text = "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
             lines.append(f"  {params}: {self.metric}={text}  ({t.get('units', 0)} unit(s), "
                          f"{t.get('failed', 0)} failed)")
         if self.best:
-            params = ", ".join(f"{k}={v}" for k, v in self.best["params"].items())
+            params = ", ".join(f"{k}={_short(v)}" for k, v in self.best["params"].items())
             lines.append(f"best: {params} -> {self.metric}={self.best['objective']:.2f}")
         if self.summary_path:
             lines.append(f"summary: {self.summary_path}")
         return "\n".join(lines)
+
+
+def _short(value: Any) -> str:
+    """A trial value as printed: floats rounded to 4 significant digits (the summary JSON keeps them exact)."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _search_space(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -409,17 +418,20 @@ def run_sweep(cfg: Config, *, executor: Any = None) -> SweepSummary:
 
         optuna_version = optuna.__version__
     summary = SweepSummary(name=plan.name, search=plan.search, metric=plan.metric, mode=plan.mode,
-                           sampler=repr(sampler) if sampler else None,
+                           sampler=type(sampler).__name__ if sampler else None,
                            sampler_seed=plan.sampler_seed if sampler else None, optuna_version=optuna_version)
     print(f"sweep {plan.name}: {plan.search}, {plan.num_samples} trial(s) over {', '.join(plan.params)}; "
           f"objective {plan.metric} ({plan.mode})", flush=True)
 
     def describe(config: dict[str, Any], result: dict[str, Any]) -> tuple[str, str, str]:
-        params = ", ".join(f"{k}={_plain(v)}" for k, v in (config.get("params") or {}).items())
+        params = ", ".join(f"{k}={_short(_plain(v))}" for k, v in (config.get("params") or {}).items())
         value = result.get(plan.metric)
         text = f"{plan.metric}={value:.2f}" if isinstance(value, float) and not math.isnan(value) else ""
         return params, str(result.get("status", "?")), text
 
+    if not cfg.ray.enabled:
+        info = _run_sweep_in_process(cfg, plan, summary, sampler, executor, optuna_version)
+        return _finish_sweep(cfg, plan, summary, info, start)
     if plan.search == "grid":
         param_space = {"params": tune.grid_search(plan.grid)}
         search_alg, num_samples = None, 1
@@ -430,13 +442,8 @@ def run_sweep(cfg: Config, *, executor: Any = None) -> SweepSummary:
         search_alg = OptunaSearch(metric=plan.metric, mode=plan.mode, sampler=sampler)
         num_samples = plan.num_samples
     with ray_session(cfg) as request:
-        info = tracking_mod.start_parent(
-            cfg, experiment_name("sweep", plan.name),
-            {"sweep": plan.name, "search": plan.search, "metric": plan.metric, "mode": plan.mode,
-             "sampler": summary.sampler or "grid", "sampler_seed": plan.sampler_seed, "optuna": optuna_version,
-             "protocol": cfg.protocol, "methods": list(cfg.methods),
-             **{f"space.{k}": v for k, v in plan.params.items()}},
-            {"dplbench.kind": "sweep"})
+        info = tracking_mod.start_parent(cfg, experiment_name("sweep", plan.name),
+                                         _parent_params(cfg, plan, summary, optuna_version), {"dplbench.kind": "sweep"})
         try:
             trainable = tune.with_parameters(sweep_trainable, cfg=cfg, metric=plan.metric, tracking=info,
                                              executor=executor)
@@ -461,6 +468,85 @@ def run_sweep(cfg: Config, *, executor: Any = None) -> SweepSummary:
                                "units": metrics.get("units", 0),
                                "failed": max(1, metrics.get("units", 1)) if crashed else metrics.get("failed", 0),
                                "error": str(result.error).splitlines()[0][:300] if crashed else None})
+    return _finish_sweep(cfg, plan, summary, info, start)
+
+
+def _parent_params(cfg: Config, plan: SweepPlan, summary: SweepSummary, optuna_version: str | None) -> dict:
+    return {"sweep": plan.name, "search": plan.search, "metric": plan.metric, "mode": plan.mode,
+            "sampler": summary.sampler or "grid", "sampler_seed": plan.sampler_seed, "optuna": optuna_version,
+            "protocol": cfg.protocol, "methods": list(cfg.methods),
+            **{f"space.{k}": v for k, v in plan.params.items()}}
+
+
+def _distributions(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Optuna distributions of the search space (the in-process twin of `_search_space`)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    out = {}
+    for key, spec in params.items():
+        if isinstance(spec, list) or spec["type"] == "choice":
+            out[key] = CategoricalDistribution(list(spec if isinstance(spec, list) else spec["values"]))
+        elif spec["type"] == "int":
+            out[key] = IntDistribution(int(spec["low"]), int(spec["high"]))
+        else:
+            out[key] = FloatDistribution(spec["low"], spec["high"], log=spec["type"] == "loguniform")
+    return out
+
+
+def _run_sweep_in_process(cfg: Config, plan: SweepPlan, summary: SweepSummary, sampler: Any, executor: Any,
+                          optuna_version: str | None) -> tracking_mod.TrackingInfo | None:
+    """``ray.enabled=false``: the trials one after another in this process (grid in order, Optuna ask/tell)."""
+    info = tracking_mod.start_parent(cfg, _experiment("sweep", plan.name),
+                                     _parent_params(cfg, plan, summary, optuna_version), {"dplbench.kind": "sweep"})
+    study = None
+    if plan.search == "optuna":
+        import optuna
+
+        study = optuna.create_study(direction="maximize" if plan.mode == "max" else "minimize", sampler=sampler)
+        distributions = _distributions(plan.params)
+    try:
+        for i in range(plan.num_samples):
+            trial = study.ask(distributions) if study is not None else None
+            params = dict(trial.params) if trial is not None else dict(plan.grid[i])
+            name = f"t{i + 1:05d}-{_params_digest(params)}"
+            client, trial_info = None, None
+            try:
+                client, trial_info = _trial_tracking(info, name, params)
+            except Exception as exc:  # noqa: BLE001 - tracking never fails a trial
+                tracking_mod.log.warning("MLflow: could not start the sweep trial run: %s", exc)
+            outcome = evaluate_configuration(cfg, params, plan.metric, executor=executor, tracking=trial_info,
+                                             verbose=True)
+            if client is not None:
+                tracking_mod._safely("finish the sweep trial run", _finish_trial_run, client, trial_info, outcome,
+                                     plan.metric)
+            value = outcome["objective"]
+            if study is not None:
+                study.tell(trial, None if math.isnan(value) else value,
+                           state=optuna.trial.TrialState.FAIL if math.isnan(value) else None)
+            summary.trials.append({"params": params, "objective": None if math.isnan(value) else value,
+                                   "units": outcome["units"], "failed": outcome["failed"], "error": None})
+            text = "n/a" if math.isnan(value) else f"{value:.2f}"
+            print(f"[{i + 1}/{plan.num_samples}] {'done' if outcome['failed'] == 0 else 'failed':<6} "
+                  f"{', '.join(f'{k}={_short(v)}' for k, v in params.items())}  {plan.metric}={text}", flush=True)
+    except BaseException:
+        tracking_mod.end_parent(info, {}, failed=True)
+        raise
+    return info
+
+
+def _experiment(kind: str, name: str) -> str:
+    from dplbench.orchestrate.runner import experiment_name
+
+    return experiment_name(kind, name)
+
+
+def _params_digest(params: Mapping[str, Any]) -> str:
+    from dplbench.results import config_hash
+
+    return config_hash(dict(params))[:8]
+
+
+def _finish_sweep(cfg: Config, plan: SweepPlan, summary: SweepSummary, info: Any, start: float) -> SweepSummary:
     scored = [t for t in summary.trials if t["objective"] is not None]
     if scored:
         summary.best = (max if plan.mode == "max" else min)(scored, key=lambda t: t["objective"])

@@ -157,9 +157,10 @@ def _safely(what: str, fn, *args) -> Any:
 class UnitRun:
     """The child run of one unit. Every method swallows tracking errors (with a warning)."""
 
-    def __init__(self, info: TrackingInfo | None, unit: Any):
+    def __init__(self, info: TrackingInfo | None, unit: Any, device: str | None = None):
         self.info = info
         self.unit = unit
+        self.device = device  # resolves backbone.precision=auto in the logged params
         self.run_id: str | None = None
         if info is not None:
             self.run_id = _safely("start a unit run", self._start)
@@ -167,7 +168,7 @@ class UnitRun:
     def _start(self) -> str:
         from mlflow.entities import Param
 
-        from dplbench.units import flatten
+        from dplbench.explain import effective_params
 
         client = _client(self.info.uri)
         tags = {"mlflow.parentRunId": self.info.parent_run_id, "dplbench.role": "unit",
@@ -175,10 +176,8 @@ class UnitRun:
                 "dplbench.dataset": self.unit.dataset, "dplbench.seed": str(self.unit.seed),
                 "dplbench.config_hash": self.unit.config_hash}
         run = client.create_run(self.info.experiment_id, run_name=self.unit.name, tags=tags)
-        params = {"protocol": self.unit.protocol, "method": self.unit.method, "dataset": self.unit.dataset,
-                  "seed": self.unit.seed, "shots": self.unit.shots, "config_hash": self.unit.config_hash,
-                  **{k: v for k, v in flatten(self.unit.config).items()
-                     if k not in ("protocol", "method", "dataset", "seed", "shots")}}
+        # the names the CLI uses (`dplbench run --cfg`): train.epochs, method.dropout_rate, ...
+        params = {**effective_params(self.unit, self.device), "config_hash": self.unit.config_hash}
         client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in short_params(params).items()])
         return run.info.run_id
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dplbench.orchestrate.tracking import TrackingInfo, UnitRun
+from dplbench.orchestrate.unitlog import unit_log
 from dplbench.results import RESULT_FORMAT, ResultStore
 from dplbench.runtime import Runtime
 from dplbench.units import Unit
@@ -54,7 +55,7 @@ def execute_and_record(unit: Unit, runtime: Runtime, *, executor: Executor | Non
     from dplbench.environment import environment_record
 
     store = ResultStore(runtime.output_dir)
-    mlflow_run = UnitRun(tracking, unit)
+    mlflow_run = UnitRun(tracking, unit, str(runtime.device))
     history: list[dict[str, Any]] = []
 
     def on_epoch(row: Mapping[str, Any]) -> None:
@@ -66,13 +67,17 @@ def execute_and_record(unit: Unit, runtime: Runtime, *, executor: Executor | Non
 
     started, start = _now(), time.perf_counter()
     status, error, output, trace = "done", None, {}, None
-    try:
-        output = dict((executor or default_executor())(unit, runtime, on_epoch=on_epoch))
-        bad = _non_finite(output.get("metrics") or {})
-        if bad:
-            status, error = "failed", f"non-finite metric(s): {', '.join(bad)}"
-    except Exception as exc:  # noqa: BLE001 - failure isolation: record it, let the other units go on
-        status, error, trace = "failed", error_line(exc), traceback.format_exc(limit=20)
+    with unit_log(runtime.workspace.unit_log(unit.name)) as log_file:
+        log_file.write(f"== {started} {unit.name} ({unit.config_hash})\n")
+        try:
+            output = dict((executor or default_executor())(unit, runtime, on_epoch=on_epoch))
+            bad = _non_finite(output.get("metrics") or {})
+            if bad:
+                status, error = "failed", f"non-finite metric(s): {', '.join(bad)}"
+        except Exception as exc:  # noqa: BLE001 - failure isolation: record it, let the other units go on
+            status, error, trace = "failed", error_line(exc), traceback.format_exc(limit=20)
+            log_file.write(trace)
+        log_file.write(f"== {status}" + (f": {error}" if error else "") + "\n")
     seconds = time.perf_counter() - start
     record: dict[str, Any] = {
         "format": RESULT_FORMAT, "status": status, "error": error, "unit": unit.unit_dict(),

@@ -1,0 +1,198 @@
+"""Issue #16 (items 1, 2, 6, 7, 8, 9): what the user sees before, during and after a run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dplbench.cli import main, pretrain_argv
+from dplbench.config import build_config
+from dplbench.orchestrate import runner
+from dplbench.units import expand_units
+
+
+def fake_execute(unit, runtime, on_epoch=None):
+    print(f"training {unit.name}")
+    if on_epoch is not None:
+        on_epoch({"epoch": 1, "epochs": 1, "lr": 0.1, "loss": 1.0})
+    n_ctx = unit.options.get("n_ctx", 4)
+    return {"metrics": {"base": 70.0 + n_ctx, "novel": 60.0 + unit.seed, "hm": 65.0}, "history": [],
+            "faithfulness": {}, "extra": {}}
+
+
+def _run(out: Path, *keys: str):
+    cfg = build_config([f"run.output_dir={out}", "ray.enabled=false", "tracking.enabled=false", *keys])
+    return runner.run(cfg, expand_units(cfg), executor=fake_execute)
+
+
+# -- 1. resolved config ---------------------------------------------------------------------------------------
+def test_cfg_prints_the_effective_recipe_after_protocol_and_overrides(capsys):
+    assert main(["run", "protocol=few_shot", "method=coop", "shots=[16]", "method.class_position=front",
+                 "--cfg"]) == 0
+    out = capsys.readouterr().out
+    assert "train.epochs = 50" in out          # CoOp's 200-epoch few-shot recipe x the toy suite's epoch_scale 0.25
+    assert "method.n_ctx = 16" in out and "method.class_position = front" in out
+    assert "backbone.precision = " in out and "train.batch_size = 32" in out
+
+
+def test_ls_methods_details_and_mlflow_param_names(capsys):
+    assert main(["ls", "methods", "coop", "--details"]) == 0
+    out = capsys.readouterr().out
+    assert "method.n_ctx = 4" in out and "few_shot:" in out and "cross_dataset: epochs=50" in out
+    from dplbench.explain import effective_params
+
+    unit = expand_units(build_config(["method=drople", "method.dropout_rate=0.2", "seeds=[1]"]))[0]
+    params = effective_params(unit, "cpu")
+    assert params["method.dropout_rate"] == 0.2 and params["backbone.precision"] == "fp32"
+    assert not any(k.startswith("options.") for k in params) and params["train.epochs"] > 0
+
+
+# -- 2. selections ----------------------------------------------------------------------------------------------
+def test_table_and_load_results_honour_selections(tmp_path, capsys):
+    import dplbench
+
+    _run(tmp_path, "methods=[coop,kgcoop]", "datasets=[toy_shapes_noisy]", "seeds=[1,2]")
+    records = dplbench.load_results(**{"run.output_dir": str(tmp_path)})
+    assert len(records) == 4
+    picked = dplbench.load_results(methods=["coop"], seeds=[2], **{"run.output_dir": str(tmp_path)})
+    assert [(r["unit"]["method"], r["unit"]["seed"]) for r in picked] == [("coop", 2)]
+    capsys.readouterr()
+    assert main(["table", "method=kgcoop", f"run.output_dir={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    assert "kgcoop" in out.lower() and "coop " not in out.lower().replace("kgcoop", "")
+    assert main(["table", "method.n_ctx=99", f"run.output_dir={tmp_path}"]) == 2  # nothing matches: said so
+
+
+def test_sweep_in_process_and_dry_run_preview(tmp_path, capsys):
+    from dplbench.orchestrate.sweep import run_sweep
+
+    keys = ["method=coop", "dataset=toy_shapes_noisy", "seeds=[1]", f"run.output_dir={tmp_path}",
+            "sweep.params.method.n_ctx=[2,8]"]
+    assert main(["dry-run", *keys]) == 0
+    out = capsys.readouterr().out
+    assert "2 trial(s) x 1 unit(s)" in out and "method.n_ctx=8" in out
+    cfg = build_config([*keys, "ray.enabled=false", "tracking.enabled=false"])
+    summary = run_sweep(cfg, executor=fake_execute)
+    assert "ray" not in {p.name for p in tmp_path.iterdir()}  # no Ray storage: the trials ran in this process
+    assert [t["params"]["method.n_ctx"] for t in summary.trials] == [2, 8] and summary.ok
+    records = __import__("dplbench").load_results(**{"run.output_dir": str(tmp_path), "sweep.params.method.n_ctx": [8]})
+    assert [r["unit"]["overrides"]["method.n_ctx"] for r in records] == [8]
+    assert main(["ls", "sweeps"]) == 0 and "drople_ablation" in capsys.readouterr().out
+
+
+def test_optuna_values_print_rounded():
+    from dplbench.orchestrate.sweep import SweepSummary
+
+    summary = SweepSummary("s", "optuna", "hm", "max", "TPESampler", 0, "4",
+                           trials=[{"params": {"train.lr": 0.0012345678912}, "objective": 70.0}])
+    assert "train.lr=0.001235" in str(summary)
+
+
+# -- 6. progress and logs ----------------------------------------------------------------------------------------
+def test_progress_lines_show_eta_and_units_log_to_the_workspace(tmp_path, capsys):
+    from dplbench.orchestrate.timing import eta_text
+    from dplbench.workspace import Workspace
+
+    assert eta_text(1, 4, 75.0) == "elapsed 1:15, ETA 3:45"
+    _run(tmp_path, "method=coop", "datasets=[toy_shapes_noisy]", "seeds=[1,2]")
+    out = capsys.readouterr().out
+    assert "[1/2]" in out and "ETA" in out
+    logs = sorted(Workspace.at(tmp_path).logs.glob("*.log"))
+    assert len(logs) == 2 and "training coop-toy_shapes_noisy" in logs[0].read_text()
+
+
+# -- 7. data -----------------------------------------------------------------------------------------------------
+def test_validate_data_on_a_missing_root_is_fast_and_nonzero():
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "dplbench", "validate", "data", "suite=standard",
+                           "data.root=/nonexistent"], capture_output=True, text=True)
+    assert proc.returncode == 1 and time.perf_counter() - start < 4  # 2 s on an idle machine; CI is shared
+    assert "caltech101" in proc.stdout and "missing" in proc.stdout and "/nonexistent/caltech-101" in proc.stdout
+
+
+def _dtd(folder: Path, n_test: int) -> None:
+    items = {"train": [["a/1.jpg", 0, "a"]], "val": [], "test": [["a/2.jpg", 0, "a"]] * n_test}
+    (folder / "images" / "a").mkdir(parents=True)
+    (folder / "images" / "a" / "1.jpg").write_bytes(b"x")
+    (folder / "split_zhou_DescribableTextures.json").write_text(json.dumps(items))
+
+
+def test_validate_data_reports_wrong_counts_missing_images_and_checksums(tmp_path, capsys):
+    _dtd(tmp_path / "elsewhere", 3)
+    assert main(["validate", "data", "datasets=[dtd]", f"data.paths.dtd={tmp_path / 'elsewhere'}"]) == 1
+    out = capsys.readouterr().out
+    assert "wrong count" in out and "2820" in out          # train: 1 found, 2820 expected
+    assert "e.g. missing a/2.jpg" in out and "split sha256" in out
+
+
+def test_run_refuses_missing_data_in_one_line(tmp_path, capsys):
+    rc = main(["run", "suite=standard", "method=coop", "datasets=[dtd]", f"data.root={tmp_path}",
+               f"run.output_dir={tmp_path / 'out'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "data missing" in err[0] and str(tmp_path / "dtd") in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_lift_folder_names_and_images_next_to_the_split_files(tmp_path):
+    from dplbench.data import load_dataset
+
+    d = tmp_path / "Places_LT"
+    (d / "train" / "a").mkdir(parents=True)
+    (d / "train" / "a" / "1.jpg").write_bytes(b"x")
+    (d / "classnames.txt").write_text("a alpha\nb beta\n")
+    for split in ("train", "test"):
+        (d / f"Places_LT_{split}.txt").write_text("train/a/1.jpg 0\ntrain/a/1.jpg 1\n")
+    splits = load_dataset("places_lt", tmp_path)
+    assert splits.image_dir == d and len(splits.train) == 2
+
+
+# -- 8. rough edges ----------------------------------------------------------------------------------------------
+def test_bare_command_list_hint_and_pretrain_syntax(capsys):
+    assert main([]) == 0 and "COMMAND" in capsys.readouterr().out
+    assert main(["dry-run", "seeds=1,2"]) == 2 and "seeds=[1,2]" in capsys.readouterr().err
+    assert pretrain_argv(["steps=200", "batch_size=64", "--seed", "1"]) == \
+        ["--steps", "200", "--batch-size", "64", "--seed", "1"]
+    for command, key in (("sweep", "sweep.params"), ("table", "tables/"), ("validate", "data.paths")):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert key in capsys.readouterr().out
+
+
+def test_dry_run_into_a_closed_pipe_exits_quietly():
+    proc = subprocess.run(f"{sys.executable} -m dplbench dry-run | head -1", shell=True, capture_output=True,
+                          text=True)
+    assert proc.stdout.strip() and "Traceback" not in proc.stderr and "Broken" not in proc.stderr
+
+
+def test_gitignore_covers_every_workspace_folder():
+    from dplbench.workspace import Workspace
+
+    repo = Path(__file__).resolve().parents[1]
+    ws = Workspace(repo / "results")
+    paths = [ws.runs, ws.cache, ws.checkpoints, ws.tables, ws.plots, ws.sweeps, ws.ray, ws.logs, ws.mlflow_db,
+             ws.mlflow_artifacts, ws.session_file]
+    rel = [str(p.relative_to(repo)) + ("/x" if p.suffix == "" and not p.name.startswith(".") else "") for p in paths]
+    proc = subprocess.run(["git", "check-ignore", *rel], cwd=repo, capture_output=True, text=True)
+    assert sorted(proc.stdout.split()) == sorted(rel)
+    kept = subprocess.run(["git", "check-ignore", "results/reference/reference_numbers.csv"], cwd=repo)
+    assert kept.returncode == 1
+
+
+def test_plot_creates_no_mlflow_run(tmp_path, capsys):
+    _run(tmp_path, "method=coop", "datasets=[toy_shapes_noisy]", "seeds=[1]")
+    main(["plot", f"run.output_dir={tmp_path}"])
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+# -- 9. Python API -------------------------------------------------------------------------------------------
+def test_python_api_resolves_like_the_command_line():
+    import dplbench
+
+    cfg = dplbench.resolve_config(methods=["coop"], train={"epochs": 2}, **{"method.n_ctx": 8})
+    assert cfg.train.epochs == 2 and cfg.method.n_ctx == 8 and list(cfg.methods) == ["coop"]
+    assert callable(dplbench.run) and callable(dplbench.table)
