@@ -263,9 +263,9 @@ def evaluate_configuration(cfg: Config, params: Mapping[str, Any], metric: str, 
     for unit in units:
         record = None if cfg.run.force else store.load(unit.unit_dict(), unit.config_hash)
         if record is None or record["status"] != "done":
-            record, _ = execute_and_record(unit, Runtime.from_config(trial_cfg), executor=executor,
-                                           tracking=tracking)
-            ran += 1
+            done = execute_and_record(unit, Runtime.from_config(trial_cfg), executor=executor, tracking=tracking)
+            record = done.record or {"status": "busy", "metrics": {}}  # busy: another live run computes it
+            ran += done.outcome == "ran"
         records.append(record)
     value = objective(records, metric)
     failed = sum(r["status"] != "done" for r in records)
