@@ -280,3 +280,57 @@ def test_a_crashed_workers_unit_run_is_closed_failed_with_the_reason(ray_instanc
     assert units["coop"].info.status == "FAILED" and units["coop"].data.tags["dplbench.error"]
     record = read_result([p for p in summary.paths if "coop" in str(p)][0])
     assert record["extra"]["crashed"] and record["error"] == units["coop"].data.tags["dplbench.error"]
+
+
+# -- kill -9 at random moments ------------------------------------------------------------------------------------
+def _lease_holders(out: Path) -> list[int]:
+    return [holder.pid for path in Workspace.at(out).leases.glob("*.json")
+            if (holder := lease.holder(path)) is not None]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("victim", ["driver", "worker"])
+def test_kill_9_at_a_random_moment_then_rerun_gives_each_unit_once_with_the_same_metrics(tmp_path, victim):
+    """Kill -9 the driver, or a worker computing a unit (its pid is in the unit's lease), at a random moment; a
+    rerun completes the matrix: one done result file per unit with the deterministic metrics, results that
+    survived the kill untouched, one FINISHED MLflow unit run per unit and nothing left RUNNING."""
+    rng = random.Random(f"{victim}-{os.getpid()}")
+    out = tmp_path / "out"
+    overrides = ["ray.num_cpus=2", "ray.max_concurrent=2"]
+    (proc,) = start_runs(tmp_path, out, overrides, count=1, sleep_s=3.0)
+    try:
+        deadline = time.monotonic() + 240
+        while not _lease_holders(out) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        time.sleep(rng.uniform(0.0, 4.0))
+        holders = _lease_holders(out)
+        assert holders and proc.poll() is None, "the run finished before the kill"
+        os.kill(proc.pid if victim == "driver" else rng.choice(holders), signal.SIGKILL)
+        if victim == "driver":
+            proc.wait(timeout=30)
+        else:
+            assert proc.wait(timeout=240) == 1  # the killed unit is recorded as failed, the others go on
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    survivors = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.json") if read_result(p)["status"] == "done"}
+    (rc, text), = finish(start_runs(tmp_path, out, overrides, count=1, sleep_s=0.1), timeout=400)
+    assert rc == 0, text[-3000:]
+    cfg = build_config([*UNITS, f"run.output_dir={out}"])
+    store = ResultStore(out)
+    for unit in expand_units(cfg):
+        record = store.load(unit.unit_dict(), unit.config_hash)
+        assert record["status"] == "done" and record["metrics"] == {"base": 80.0 + unit.seed, "novel": 70.0,
+                                                                    "hm": 74.7}
+    assert len(list((out / "runs").rglob("*.json"))) == 4
+    assert all(p.stat().st_mtime_ns == mtime for p, mtime in survivors.items())
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(Workspace.at(out).mlflow_uri)
+    runs = client.search_runs([client.get_experiment_by_name("dplbench").experiment_id], max_results=1000)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    finished = sorted(r.data.tags["dplbench.config_hash"] for r in runs
+                      if r.data.tags.get("dplbench.role") == "unit" and r.info.status == "FINISHED")
+    assert finished == sorted(u.config_hash for u in expand_units(cfg))
+    assert not list(Workspace.at(out).sessions.glob("*.json"))
