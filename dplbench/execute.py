@@ -8,11 +8,10 @@ Kinds (docs/protocols.md §5): ``base2novel`` and ``long_tail_b2n`` (train on ba
 
 from __future__ import annotations
 
-import contextlib
 import os
 import resource
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,23 +25,6 @@ from dplbench.vocabulary import Kind
 SOURCE_FORMAT = "dplbench-source-model/1"
 BACKBONE_INIT_SEED = 0
 DEFAULT_IMBALANCE = {"ratio": 10, "rounding": "ceil", "cap": None}
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Exclusive lock so that two units sharing a source model train it once (POSIX; no-op elsewhere)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - non-POSIX
-        yield
-        return
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _peak_memory(device: Any) -> dict[str, float | None]:
@@ -254,7 +236,7 @@ class _UnitRun:
 
     def run_transfer(self) -> dict[str, float]:
         from dplbench.engine.cache import cache_key
-        from dplbench.fileio import atomic_torch_save
+        from dplbench.fileio import atomic_torch_save, file_lock
 
         source = self.fewshot(self.load(self.unit.dataset), self.unit.shots)
         method = self.build_method(source.classnames, source.name)
@@ -263,7 +245,7 @@ class _UnitRun:
         path = self.workspace.checkpoints / f"{source_key}.pt"
         self.extra["source_key"] = source_key
         if method.num_trainable() and self.recipe.epochs > 0:
-            with _file_lock(path.with_suffix(".lock")):
+            with file_lock(path.with_suffix(".lock")):
                 state = self._read_source(path, key) if path.is_file() else None
                 if state is None:
                     self.train(method, source, key)

@@ -1,5 +1,5 @@
 """Atomic file writes: every file dplbench writes (results, caches, checkpoints, index files) appears whole or not
-at all, so a killed run never leaves a truncated file behind."""
+at all, so a killed run never leaves a truncated file behind. :func:`file_lock` serialises work between processes."""
 
 from __future__ import annotations
 
@@ -44,3 +44,23 @@ def atomic_torch_save(obj: object, path: str | Path) -> None:
 
     with atomic_open(path, "wb") as handle:
         torch.save(obj, handle)
+
+
+@contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the block; other processes taking the same
+    lock wait. The kernel drops the lock when its holder dies, so a killed run never leaves it held (POSIX; no-op
+    elsewhere)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX
+        yield
+        return
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -10,7 +10,9 @@ One :class:`Workspace` owns the layout; no other module spells a subfolder or fi
       logs/<unit>.log                             the console output and log lines of each unit
       ray/                                        Ray Tune experiment folders
       mlflow.db  mlartifacts/                     the default MLflow tracking database and artifact store
-      .dplbench-ray.json                          the record of the local Ray instance a live run started
+      mlflow.lock                                 serialises creating/migrating the database between runs
+      leases/<config hash>.json                   the live run computing a unit (host, pid, process start)
+      sessions/<pid>-<start>.json                 the local Ray instance of each live run (one per invocation)
 """
 
 from __future__ import annotations
@@ -84,5 +86,24 @@ class Workspace:
         return self.root / "mlartifacts"
 
     @property
-    def session_file(self) -> Path:
-        return self.root / ".dplbench-ray.json"
+    def mlflow_lock(self) -> Path:
+        return self.root / "mlflow.lock"
+
+    @property
+    def leases(self) -> Path:
+        return self.root / "leases"
+
+    def lease(self, config_hash: str) -> Path:
+        return self.leases / f"{config_hash}.json"
+
+    @property
+    def leases_lock(self) -> Path:
+        return self.leases / ".lock"
+
+    @property
+    def sessions(self) -> Path:
+        return self.root / "sessions"
+
+    def session_record(self, pid: int, start: int | None) -> Path:
+        """The Ray session record of the invocation with process id ``pid`` started at ``start`` (clock ticks)."""
+        return self.sessions / f"{pid}-{start if start is not None else 0}.json"

@@ -203,7 +203,8 @@ def quick_execute(unit, runtime, on_epoch=None):
 
 
 def test_kill_9_loses_no_finished_unit_and_rerun_completes_without_duplicates(tmp_path):
-    from dplbench.orchestrate.session import clean_stale_session, pid_alive, session_processes
+    from dplbench.orchestrate.processes import pid_alive
+    from dplbench.orchestrate.session import clean_stale_sessions, proven_processes
     from dplbench.workspace import Workspace
 
     script = tmp_path / "killme.py"
@@ -228,12 +229,13 @@ def test_kill_9_loses_no_finished_unit_and_rerun_completes_without_duplicates(tm
 
     # the killed driver's session record is found by the next run, which stops whatever is left of exactly that
     # Ray session (on Linux Ray's own processes usually die with their driver; workers may linger)
-    session = json.loads(Workspace.at(tmp_path).session_file.read_text())
-    assert session["driver_pid"] == proc.pid and not pid_alive(proc.pid)
-    stopped = clean_stale_session(Workspace.at(tmp_path))
+    records = list(Workspace.at(tmp_path).sessions.glob("*.json"))
+    assert len(records) == 1
+    session = json.loads(records[0].read_text())
+    assert session["driver"]["pid"] == proc.pid and not pid_alive(proc.pid) and session["processes"]
+    stopped = clean_stale_sessions(Workspace.at(tmp_path))
     assert not any(pid_alive(pid) for pid in stopped)
-    assert session_processes(session["session_dir"]) == []
-    assert not Workspace.at(tmp_path).session_file.exists()
+    assert proven_processes(session) == [] and not records[0].exists()
 
     cfg = build_config(overrides + ["ray.enabled=false"])
     units = expand_units(cfg)

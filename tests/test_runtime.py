@@ -16,7 +16,7 @@ from dplbench.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUT_NAMES = {"runs", "cache", "checkpoints", "resume", "tables", "plots", "sweeps", "ray", "mlflow.db",
-                "mlartifacts", ".dplbench-ray.json"}
+                "mlartifacts", "mlflow.lock", "leases", "sessions"}
 
 
 def test_hash_exclude_is_derived_from_runtime_and_names_real_config_keys():

@@ -175,7 +175,7 @@ def test_gitignore_covers_every_workspace_folder():
     repo = Path(__file__).resolve().parents[1]
     ws = Workspace(repo / "results")
     paths = [ws.runs, ws.cache, ws.checkpoints, ws.tables, ws.plots, ws.sweeps, ws.ray, ws.logs, ws.mlflow_db,
-             ws.mlflow_artifacts, ws.session_file]
+             ws.mlflow_artifacts, ws.mlflow_lock, ws.leases, ws.leases_lock, ws.sessions]
     rel = [str(p.relative_to(repo)) + ("/x" if p.suffix == "" and not p.name.startswith(".") else "") for p in paths]
     proc = subprocess.run(["git", "check-ignore", *rel], cwd=repo, capture_output=True, text=True)
     assert sorted(proc.stdout.split()) == sorted(rel)

@@ -2,7 +2,9 @@
 
 ``run(cfg, units)``: units whose result file is ``done`` (same config hash) are skipped unless ``run.force``;
 each pending unit is one trial (``tune.with_resources`` per trial, ``ray.max_concurrent``, heavy objects passed
-with ``tune.with_parameters``); a failing unit becomes a ``failed`` result file and the others go on.
+with ``tune.with_parameters``); a failing unit becomes a ``failed`` result file and the others go on. Runs started
+together on one output folder share the work: a unit leased by another live run is waited for, not recomputed
+(:mod:`dplbench.orchestrate.lease`), and reported as ``busy`` if the wait runs out.
 ``dry_run(cfg, units)``: the unit matrix with done / failed / pending status; starts neither Ray nor MLflow.
 """
 
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dplbench.orchestrate import lease
 from dplbench.orchestrate import tracking as tracking_mod
 from dplbench.orchestrate.trial import Executor, error_line, execute_and_record
 from dplbench.results import RESULT_FORMAT, ResultStore
@@ -33,21 +36,27 @@ class RunSummary:
     done: int = 0
     skipped: int = 0
     failed: int = 0
+    elsewhere: int = 0                                           # finished meanwhile by another live run
     paths: list[Path] = field(default_factory=list)            # the result file of every unit
     failures: list[tuple[str, str]] = field(default_factory=list)  # (unit name, reason)
+    busy: list[tuple[str, str]] = field(default_factory=list)  # (unit name, the live run still computing it)
     seconds: float = 0.0
     tracking_uri: str | None = None
     parent_run_id: str | None = None
 
     @property
     def ok(self) -> bool:
-        return self.failed == 0
+        return self.failed == 0 and not self.busy
 
     def __str__(self) -> str:
         text = (f"{self.total} unit(s): {self.done} done, {self.skipped} skipped (already done), "
-                f"{self.failed} failed in {self.seconds:.1f}s")
+                + (f"{self.elsewhere} done by another run, " if self.elsewhere else "")
+                + (f"{len(self.busy)} left to another run, " if self.busy else "")
+                + f"{self.failed} failed in {self.seconds:.1f}s")
         for name, reason in self.failures:
             text += f"\n  failed: {name}: {reason}"
+        for name, owner in self.busy:
+            text += f"\n  busy: {name}: still computed by {owner}; rerun later to pick up its result"
         if self.tracking_uri:
             text += f"\n  MLflow: mlflow ui --backend-store-uri {self.tracking_uri}"
         return text
@@ -130,8 +139,10 @@ def _unit_describe(units: dict[str, Unit]):
     return describe
 
 
-def _record_crash(cfg: Config, unit: Unit, reason: str) -> Path:
-    """A trial whose process died (OOM kill, segfault) wrote nothing: record the failure from the driver."""
+def _record_crash(cfg: Config, unit: Unit, reason: str, info: tracking_mod.TrackingInfo | None) -> Path:
+    """A trial whose process died (OOM kill, segfault) wrote nothing: record the failure from the driver and close
+    the unit's MLflow run it left RUNNING."""
+    tracking_mod.fail_unit_runs(info, unit.config_hash, reason)
     return ResultStore(cfg.run.output_dir).write({
         "format": RESULT_FORMAT, "status": "failed", "error": reason, "unit": unit.unit_dict(),
         "config_hash": unit.config_hash, "config": dict(unit.config), "metrics": {}, "history": [],
@@ -148,8 +159,8 @@ def storage_path(cfg: Config) -> str:
 
 
 def _run_with_ray(cfg: Config, pending: list[Unit], info: tracking_mod.TrackingInfo | None,
-                  executor: Executor | None, request: dict[str, float]) -> dict[str, str]:
-    """Returns {unit name: error} for trials whose process crashed."""
+                  executor: Executor | None, request: dict[str, float]) -> tuple[dict[str, str], dict[str, str]]:
+    """Returns ({unit name: error} of trials whose process crashed, {unit name: outcome} of the others)."""
     from ray import tune
 
     from dplbench.orchestrate.progress import Progress
@@ -169,36 +180,59 @@ def _run_with_ray(cfg: Config, pending: list[Unit], info: tracking_mod.TrackingI
             callbacks=[Progress(len(pending), _unit_describe(by_name))],
             failure_config=tune.FailureConfig(max_failures=0)),
     )
-    crashed = {}
+    crashed, outcomes = {}, {}
     for result in tuner.fit():
-        if result.error is not None and result.config and result.config.get("unit") in by_name:
-            crashed[result.config["unit"]] = error_line(result.error)
-    return crashed
+        name = (result.config or {}).get("unit")
+        if name not in by_name:
+            continue
+        if result.error is not None:
+            crashed[name] = error_line(result.error)
+        elif (result.metrics or {}).get("outcome"):
+            outcomes[name] = str(result.metrics["outcome"])
+    return crashed, outcomes
 
 
 def _run_in_process(cfg: Config, pending: list[Unit], info: tracking_mod.TrackingInfo | None,
-                    executor: Executor | None) -> None:
+                    executor: Executor | None) -> dict[str, str]:
+    """Returns {unit name: outcome}."""
     from dplbench.orchestrate.timing import eta_text
 
     width = len(str(len(pending)))
     runtime = Runtime.from_config(cfg)
     start = time.monotonic()
+    outcomes = {}
     for i, unit in enumerate(pending, 1):
-        record, _ = execute_and_record(unit, runtime, executor=executor, tracking=info)
+        done = execute_and_record(unit, runtime, executor=executor, tracking=info)
+        outcomes[unit.name] = done.outcome
+        record = done.record
+        if record is None:
+            print(f"[{i:>{width}}/{len(pending)}] busy   {unit.name}  still computed by {done.busy_with}", flush=True)
+            continue
         detail = record["error"] or " ".join(f"{k}={v:.2f}" for k, v in
                                              tracking_mod.numeric_metrics(record["metrics"]).items())
-        print(f"[{i:>{width}}/{len(pending)}] {record['status']:<6} {unit.name}  {detail}  "
-              f"({record['timing']['seconds']:.1f}s) [{eta_text(i, len(pending), time.monotonic() - start)}]",
-              flush=True)
+        where = "by another run" if done.outcome == "elsewhere" else f"{record['timing']['seconds']:.1f}s"
+        print(f"[{i:>{width}}/{len(pending)}] {record['status']:<6} {unit.name}  {detail}  ({where}) "
+              f"[{eta_text(i, len(pending), time.monotonic() - start)}]", flush=True)
+    return outcomes
 
 
-def _tally(cfg: Config, pending: list[Unit], crashed: dict[str, str], summary: RunSummary) -> None:
+def _tally(cfg: Config, pending: list[Unit], crashed: dict[str, str], outcomes: dict[str, str],
+           info: tracking_mod.TrackingInfo | None, summary: RunSummary) -> None:
     store = ResultStore(cfg.run.output_dir)
     for unit in pending:
         record = store.load(unit.unit_dict(), unit.config_hash)
-        if record is None:
-            _record_crash(cfg, unit, crashed.get(unit.name, "the trial ended without writing a result"))
+        owner = lease.live_holder(store.workspace, unit.config_hash)
+        if outcomes.get(unit.name) == "busy":
+            summary.busy.append((unit.name, str(owner or "another run")))  # its owner writes the result
+            continue
+        if (record is None or unit.name in crashed) and not (record and record["status"] == "done"):
+            if owner is not None:  # the trial died, and another live run has taken the unit over meanwhile
+                summary.busy.append((unit.name, str(owner)))
+                continue
+            _record_crash(cfg, unit, crashed.get(unit.name, "the trial ended without writing a result"), info)
             record = store.load(unit.unit_dict(), unit.config_hash)
+        if outcomes.get(unit.name) == "elsewhere":
+            summary.elsewhere += 1
         if record["status"] == "done":
             summary.done += 1
         else:
@@ -228,14 +262,13 @@ def run(cfg: Config, units: Sequence[Unit], *, executor: Executor | None = None)
                                              _parent_params(cfg, units, pending), {"dplbench.kind": "run"})
             try:
                 if cfg.ray.enabled:
-                    crashed = _run_with_ray(cfg, pending, info, executor, request)
+                    crashed, outcomes = _run_with_ray(cfg, pending, info, executor, request)
                 else:
-                    crashed = {}
-                    _run_in_process(cfg, pending, info, executor)
+                    crashed, outcomes = {}, _run_in_process(cfg, pending, info, executor)
             except BaseException:
                 tracking_mod.end_parent(info, {}, failed=True)  # interrupted: finished units are already on disk
                 raise
-        _tally(cfg, pending, crashed, summary)
+        _tally(cfg, pending, crashed, outcomes, info, summary)
     store = ResultStore(cfg.run.output_dir)
     summary.paths = [store.path_for(u.unit_dict(), u.config_hash) for u in units]
     summary.seconds = time.perf_counter() - start

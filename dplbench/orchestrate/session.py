@@ -1,10 +1,13 @@
 """The Ray instance of a run: attach to a cluster or start a local one, check resources, clean up after kills.
 
-A local instance started by dplbench is recorded in the workspace's session file (driver pid, session
-directory). Killing a driver (even with SIGKILL) leaves Ray's processes running; the next run in the same output
-directory finds the record of a dead driver and terminates exactly that session's processes (those whose command
-line names its session directory, and their children) — never other Ray instances. SIGINT / SIGTERM during a run
-shut Ray down before the process exits.
+A local instance started by dplbench is recorded in a session record of its own invocation
+(``sessions/<pid>-<start>.json``: the driver's host, pid and start time, the session directory, and the pid and
+start time of each Ray process the driver started). Killing a driver (even with SIGKILL) can leave Ray's processes
+running; a later run in the same output directory finds the records of dead drivers and terminates only the
+processes it can prove belong to that session: a recorded pid whose ``/proc/<pid>/stat`` start time is the
+recorded one and whose ``/proc/<pid>/cmdline`` names the session directory, and the descendants of such processes.
+A command line that merely mentions the directory proves nothing. Records of live runs are never touched.
+SIGINT / SIGTERM during a run shut Ray down before the process exits.
 """
 
 from __future__ import annotations
@@ -14,14 +17,15 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dplbench.errors import DplbenchError
-from dplbench.orchestrate import preflight
 from dplbench.fileio import atomic_write_text
+from dplbench.orchestrate import preflight, processes
+from dplbench.orchestrate.processes import ProcessId, pid_alive
 from dplbench.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -37,56 +41,45 @@ class RayConnectionError(DplbenchError):
     """``ray.address`` names a cluster dplbench cannot attach to."""
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _process_table() -> list[tuple[int, int, str]]:
-    """(pid, ppid, command line) of every process (``ps`` works on Linux and macOS)."""
-    out = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True).stdout
-    rows = []
-    for line in out.splitlines():
-        parts = line.split(None, 2)
-        if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():
-            rows.append((int(parts[0]), int(parts[1]), parts[2] if len(parts) > 2 else ""))
-    return rows
-
-
-def _holds_file_under(pid: int, folder: str) -> bool:
-    """Whether a process has a file open under ``folder`` (Linux /proc; False elsewhere). Ray's agents rename
-    their process title (``ray::DashboardAgent``) but keep their session's log files open."""
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return False
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(folder + os.sep):
-                return True
+def names_session(argv: list[str], session_dir: str) -> bool:
+    """Whether a command line names ``session_dir`` or a path inside it as an argument (``--opt=PATH`` too)."""
+    for arg in argv:
+        value = arg.split("=", 1)[1] if arg.startswith("-") and "=" in arg else arg
+        if value == session_dir or value.startswith(session_dir + os.sep):
+            return True
     return False
 
 
-def session_processes(session_dir: str) -> list[int]:
-    """Pids of the processes of one Ray session: those naming its directory on their command line or (renamed
-    ``ray::*`` processes) holding one of its files open, plus all their descendants."""
-    table = _process_table()
-    marked = {pid for pid, _, args in table if pid != os.getpid() and (
-        session_dir in args or (args.startswith("ray::") and _holds_file_under(pid, session_dir)))}
-    children: dict[int, list[int]] = {}
-    for pid, ppid, _ in table:
-        children.setdefault(ppid, []).append(pid)
-    stack, found = list(marked), set(marked)
-    while stack:
-        for child in children.get(stack.pop(), []):
-            if child not in found and child != os.getpid():
-                found.add(child)
-                stack.append(child)
+def _started_processes(session_dir: str) -> list[dict[str, int | None]]:
+    """The Ray processes this driver started (its children naming the session directory), with start times."""
+    me = os.getpid()
+    return [{"pid": pid, "start": processes.start_time(pid)} for pid in processes.children_of({me}).get(me, [])
+            if names_session(processes.command_line(pid), session_dir)]
+
+
+def write_session_record(workspace: Workspace, session_dir: str) -> Path:
+    me = ProcessId.current()
+    path = workspace.session_record(me.pid, me.start)
+    atomic_write_text(path, json.dumps({"driver": me.to_dict(), "session_dir": session_dir,
+                                        "processes": _started_processes(session_dir),
+                                        "started": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1))
+    return path
+
+
+def proven_processes(record: dict[str, Any]) -> list[int]:
+    """Live pids provably of the recorded Ray session: recorded processes whose start time matches and whose
+    command line names the session directory, and their descendants (parent links from ``/proc``)."""
+    session_dir = str(record["session_dir"])
+    if not (os.path.isabs(session_dir) and os.path.basename(session_dir).startswith("session_")):
+        return []
+    roots = {int(p["pid"]) for p in record.get("processes", [])
+             if p.get("start") is not None and processes.start_time(int(p["pid"])) == int(p["start"])
+             and names_session(processes.command_line(int(p["pid"])), session_dir)}
+    found, frontier = set(roots), set(roots)
+    while frontier:
+        frontier = {child for kids in processes.children_of(frontier).values() for child in kids} - found
+        found |= frontier
+    found.discard(os.getpid())
     return sorted(found)
 
 
@@ -103,29 +96,29 @@ def terminate(pids: list[int], grace_s: float = 5.0) -> None:
             return
 
 
-def clean_stale_session(workspace: Workspace) -> list[int]:
-    """Terminate the Ray processes left by a killed dplbench driver of this output directory; returns their pids."""
-    path = workspace.session_file
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-        driver, session_dir = int(record["driver_pid"]), str(record["session_dir"])
-    except FileNotFoundError:
-        return []
-    except (OSError, ValueError, KeyError, TypeError):
+def clean_stale_sessions(workspace: Workspace) -> list[int]:
+    """Terminate the Ray processes left by killed dplbench drivers of this output directory and remove their
+    records; returns the pids it stopped. Records of live drivers (or of other hosts) are left alone."""
+    stopped: list[int] = []
+    for path in sorted(workspace.sessions.glob("*.json")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            driver = ProcessId.from_dict(record["driver"])
+        except FileNotFoundError:
+            continue  # its run ended meanwhile
+        except (OSError, ValueError, KeyError, TypeError):
+            log.warning("ignoring the unreadable Ray session record %s", path)
+            continue
+        if driver == ProcessId.current() or driver.alive():
+            continue
+        pids = proven_processes(record)
+        if pids:
+            log.warning("stopping %d Ray process(es) left by a killed dplbench run (%s, session %s)", len(pids),
+                        driver, record["session_dir"])
+            terminate(pids)
+            stopped += pids
         path.unlink(missing_ok=True)
-        return []
-    if driver != os.getpid() and pid_alive(driver):
-        log.warning("another dplbench run (pid %d) is using %s; starting a separate Ray instance", driver,
-                    workspace.root)
-        return []
-    # a Ray session directory is an absolute path ending in session_<date>_<pid>: never match anything shorter
-    pids = session_processes(session_dir) if os.path.isabs(session_dir) and "session_" in session_dir else []
-    if pids:
-        log.warning("stopping %d Ray process(es) left by a killed dplbench run (session %s)", len(pids),
-                    session_dir)
-        terminate(pids)
-    path.unlink(missing_ok=True)
-    return pids
+    return stopped
 
 
 def _connect(address: str) -> None:
@@ -181,6 +174,7 @@ def ray_session(cfg: Config) -> Iterator[dict[str, float]]:
 
     workspace = Workspace.at(cfg.run.output_dir)
     owned = connected = False
+    record = None
     if ray.is_initialized():
         where = "the running Ray instance"
     elif cfg.ray.address:
@@ -189,13 +183,11 @@ def ray_session(cfg: Config) -> Iterator[dict[str, float]]:
         where = f"the Ray cluster at {cfg.ray.address}"
     else:
         workspace.root.mkdir(parents=True, exist_ok=True)
-        clean_stale_session(workspace)
+        clean_stale_sessions(workspace)
         num_cpus = None if cfg.ray.num_cpus is None else int(cfg.ray.num_cpus)
         context = ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
         owned = True
-        atomic_write_text(workspace.session_file, json.dumps(
-            {"driver_pid": os.getpid(), "session_dir": context.address_info["session_dir"],
-             "started": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+        record = write_session_record(workspace, context.address_info["session_dir"])
         where = "the local Ray instance"
     try:
         available = ray.cluster_resources()
@@ -206,5 +198,5 @@ def ray_session(cfg: Config) -> Iterator[dict[str, float]]:
     finally:
         if owned or connected:  # a connected driver only disconnects; the cluster keeps running
             ray.shutdown()
-        if owned:
-            workspace.session_file.unlink(missing_ok=True)
+        if record is not None:
+            record.unlink(missing_ok=True)

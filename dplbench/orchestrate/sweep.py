@@ -263,10 +263,10 @@ def evaluate_configuration(cfg: Config, params: Mapping[str, Any], metric: str, 
     for unit in units:
         record = None if cfg.run.force else store.load(unit.unit_dict(), unit.config_hash)
         if record is None or record["status"] != "done":
-            record, _ = execute_and_record(unit, Runtime.from_config(trial_cfg), executor=executor,
-                                           tracking=tracking)
-            ran += 1
-            if verbose:  # the trial's units as they finish
+            done = execute_and_record(unit, Runtime.from_config(trial_cfg), executor=executor, tracking=tracking)
+            record = done.record or {"status": "busy", "metrics": {}}  # busy: another live run computes it
+            ran += done.outcome == "ran"
+            if verbose and done.record is not None:  # the trial's units as they finish
                 detail = record["error"] or " ".join(f"{k}={v:.2f}" for k, v in
                                                      tracking_mod.numeric_metrics(record["metrics"]).items())
                 print(f"         {record['status']:<6} {unit.name}  {detail}", flush=True)

@@ -1,22 +1,27 @@
 """MLflow mirror of the result files: one parent run per invocation, one child run per unit.
 
-The driver creates the database, the experiment and the parent run before any trial starts (a fresh SQLite DB
-migrates its schema once; concurrent first use races). Trials receive a small picklable :class:`TrackingInfo` and
-log through ``MlflowClient`` with batched calls. Result files stay the source of truth: a tracking failure is
-logged as a warning and never fails a unit. ``mlflow`` is imported inside the functions only.
+The driver creates the database, the experiment and the parent run before any trial starts, holding the
+workspace's MLflow lock: a fresh SQLite DB migrates its schema on first use, and two runs started together must not
+both migrate it. Trials receive a small picklable :class:`TrackingInfo` and log through ``MlflowClient`` with
+batched calls. Result files stay the source of truth: a tracking failure is logged as a warning and never fails a
+unit; an unusable database stops a run before any unit starts, with one line saying how to recover (tables and
+plots never read it, and ``tracking.enabled=false`` never opens it). ``mlflow`` is imported inside the functions.
+
+Every run dplbench creates is tagged with the process that owns it (host, pid, start time): the next invocation
+closes runs left RUNNING by a dead process (``kill -9`` of a driver or a worker) as KILLED.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dplbench.fileio import file_lock
+from dplbench.orchestrate.processes import ProcessId
 from dplbench.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -67,8 +72,33 @@ def numeric_metrics(values: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+def owner_tags(owner: ProcessId | None = None) -> dict[str, str]:
+    """The tags naming the process that owns a run (cleanup closes the runs of dead owners)."""
+    owner = owner or ProcessId.current()
+    return {"dplbench.host": owner.host, "dplbench.pid": str(owner.pid),
+            "dplbench.start": "" if owner.start is None else str(owner.start)}
+
+
+def _owner(tags: Mapping[str, str]) -> ProcessId | None:
+    if not tags.get("dplbench.host") or not tags.get("dplbench.pid", "").isdigit():
+        return None
+    start = tags.get("dplbench.start", "")
+    return ProcessId(tags["dplbench.host"], int(tags["dplbench.pid"]), int(start) if start.isdigit() else None)
+
+
+def unusable_store_message(cfg: Config, uri: str, exc: BaseException) -> str:
+    """One line: what failed and how to recover."""
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    if uri == Workspace.at(cfg.run.output_dir).mlflow_uri:
+        path = Workspace.at(cfg.run.output_dir).mlflow_db
+        return (f"the MLflow database {path} is unusable ({reason}); result files are unaffected: delete {path} "
+                "to start a fresh one, or set tracking.enabled=false")
+    return f"cannot use the MLflow tracking store {uri} ({reason}); set tracking.uri=..., or tracking.enabled=false"
+
+
 def start_parent(cfg: Config, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> TrackingInfo | None:
-    """Create (if needed) the experiment and a parent run; None when tracking is disabled."""
+    """Create (if needed) the database and the experiment, close runs of dead processes, start a parent run;
+    None when tracking is disabled. All under the workspace's MLflow lock (first use migrates the database)."""
     uri = tracking_uri(cfg)
     if uri is None:
         return None
@@ -76,45 +106,40 @@ def start_parent(cfg: Config, run_name: str, params: Mapping[str, Any], tags: Ma
 
     from dplbench.errors import DplbenchError
 
+    workspace = Workspace.at(cfg.run.output_dir)
     try:
-        client = _client(uri)
-        experiment = client.get_experiment_by_name(cfg.tracking.experiment)
-        if experiment is None:
-            artifacts = None
-            if uri.startswith("sqlite:"):
-                artifacts = Workspace.at(cfg.run.output_dir).mlflow_artifacts.as_uri()
-            experiment_id = client.create_experiment(cfg.tracking.experiment, artifact_location=artifacts)
-        else:
-            experiment_id = experiment.experiment_id
-        _close_abandoned_runs(client, experiment_id)
-        driver = {"dplbench.role": "parent", "dplbench.host": socket.gethostname(), "dplbench.pid": str(os.getpid())}
-        run = client.create_run(experiment_id, run_name=run_name, tags={**dict(tags), **driver})
+        with file_lock(workspace.mlflow_lock):
+            client = _client(uri)
+            experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+            if experiment is None:
+                artifacts = workspace.mlflow_artifacts.as_uri() if uri.startswith("sqlite:") else None
+                experiment_id = client.create_experiment(cfg.tracking.experiment, artifact_location=artifacts)
+            else:
+                experiment_id = experiment.experiment_id
+            _close_abandoned_runs(client, experiment_id)
+            run = client.create_run(experiment_id, run_name=run_name,
+                                    tags={**dict(tags), "dplbench.role": "parent", **owner_tags()})
         client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in short_params(params).items()])
     except Exception as exc:  # noqa: BLE001 - any backend failure is a user-environment problem
-        raise DplbenchError(f"cannot use the MLflow tracking store {uri}: {str(exc).splitlines()[0][:200]} "
-                            "(set tracking.uri=..., or tracking.enabled=false)") from None
+        raise DplbenchError(unusable_store_message(cfg, uri, exc)) from None
     return TrackingInfo(uri=uri, experiment_id=experiment_id, parent_run_id=run.info.run_id)
 
 
 def _close_abandoned_runs(client: Any, experiment_id: str) -> list[str]:
-    """Mark as KILLED the runs a killed invocation left RUNNING (``kill -9`` never reaches `end_parent`).
+    """Mark as KILLED the runs a killed process left RUNNING (``kill -9`` never reaches `end_parent`).
 
-    A parent run is abandoned when its driver process (tagged host + pid) no longer exists on this host; a child
-    run is abandoned when its parent is abandoned or already ended. Runs of a live invocation (another terminal,
-    another host) are left alone. Returns the ids of the runs it closed.
+    A run is abandoned when the process it is tagged with (host, pid, start time: a driver's parent run, a
+    worker's unit run) no longer exists on this host, or when its parent run is abandoned or already ended. Runs of
+    live processes (another terminal, another host) are left alone. Returns the ids of the runs it closed.
     """
-    from dplbench.orchestrate.session import pid_alive
-
     running = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=10000)
     by_id = {run.info.run_id: run for run in running}
-    host = socket.gethostname()
 
-    def abandoned_parent(run: Any) -> bool:
-        tags = run.data.tags
-        return (tags.get("dplbench.role") == "parent" and tags.get("dplbench.host") == host
-                and tags.get("dplbench.pid", "").isdigit() and not pid_alive(int(tags["dplbench.pid"])))
+    def dead_owner(run: Any) -> bool:
+        owner = _owner(run.data.tags)
+        return owner is not None and owner.local and not owner.alive()
 
-    closed = [run_id for run_id, run in by_id.items() if abandoned_parent(run)]
+    closed = [run_id for run_id, run in by_id.items() if dead_owner(run)]
     frontier = set(closed)
     while frontier:  # children (units, sweep trials, their units) of closed or already-ended runs
         children = [run_id for run_id, run in by_id.items() if run_id not in closed
@@ -127,6 +152,23 @@ def _close_abandoned_runs(client: Any, experiment_id: str) -> list[str]:
     if closed:
         log.warning("MLflow: marked %d run(s) of a killed invocation as KILLED", len(closed))
     return closed
+
+
+def fail_unit_runs(info: TrackingInfo | None, config_hash: str, reason: str) -> None:
+    """Mark FAILED, with ``reason``, the unit runs of this invocation a crashed trial left RUNNING."""
+    if info is None:
+        return
+    _safely("close the crashed unit's run", _fail_unit_runs, info, config_hash, reason)
+
+
+def _fail_unit_runs(info: TrackingInfo, config_hash: str, reason: str) -> None:
+    client = _client(info.uri)
+    runs = client.search_runs([info.experiment_id], max_results=1000, filter_string=(
+        f"attributes.status = 'RUNNING' and tags.`dplbench.config_hash` = '{config_hash}'"))
+    for run in runs:
+        if run.data.tags.get("mlflow.parentRunId") == info.parent_run_id:
+            client.set_tag(run.info.run_id, "dplbench.error", reason[:4000])
+            client.set_terminated(run.info.run_id, "FAILED")
 
 
 def end_parent(info: TrackingInfo | None, metrics: Mapping[str, Any], failed: bool) -> None:
@@ -174,7 +216,7 @@ class UnitRun:
         tags = {"mlflow.parentRunId": self.info.parent_run_id, "dplbench.role": "unit",
                 "dplbench.protocol": self.unit.protocol, "dplbench.method": self.unit.method,
                 "dplbench.dataset": self.unit.dataset, "dplbench.seed": str(self.unit.seed),
-                "dplbench.config_hash": self.unit.config_hash}
+                "dplbench.config_hash": self.unit.config_hash, **owner_tags()}
         run = client.create_run(self.info.experiment_id, run_name=self.unit.name, tags=tags)
         # the names the CLI uses (`dplbench run --cfg`): train.epochs, method.dropout_rate, ...
         params = {**effective_params(self.unit, self.device), "config_hash": self.unit.config_hash}

@@ -1,6 +1,8 @@
-"""What runs inside one trial: execute a unit, write its per-item prediction sidecar and its result file (done or
-failed), mirror it to MLflow, report to Ray Tune.
+"""What runs inside one trial: claim the unit's lease, execute the unit, write its per-item prediction sidecar
+and its result file (done or failed), mirror it to MLflow, report to Ray Tune.
 
+A unit another live run is computing is not computed again: the trial waits for that run's result file (see
+:mod:`dplbench.orchestrate.lease`) and reports the outcome ``elsewhere``, or ``busy`` when the wait runs out.
 A failing unit (NaN loss, missing data, out of memory, any exception) is caught here and written as a ``failed``
 result with a one-line reason, so the other trials go on. Only KeyboardInterrupt / SystemExit propagate.
 """
@@ -13,8 +15,10 @@ import traceback
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from dplbench.orchestrate import lease
+from dplbench.orchestrate.processes import ProcessId
 from dplbench.orchestrate.tracking import TrackingInfo, UnitRun
 from dplbench.orchestrate.unitlog import unit_log
 from dplbench.results import RESULT_FORMAT, ResultStore
@@ -48,13 +52,39 @@ def _non_finite(metrics: Mapping[str, Any]) -> list[str]:
     return [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
 
 
+class UnitOutcome(NamedTuple):
+    record: dict[str, Any] | None   # the unit's result record (None when busy)
+    path: Path                      # its result file
+    outcome: str                    # "ran" (this call computed it), "elsewhere" (another run did), "busy"
+    busy_with: ProcessId | None = None
+
+
 def execute_and_record(unit: Unit, runtime: Runtime, *, executor: Executor | None = None,
                        tracking: TrackingInfo | None = None, report: Reporter | None = None,
-                       extra: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], Path]:
-    """Run one unit and write its result file; returns (record, path). Never raises for a unit failure."""
+                       extra: Mapping[str, Any] | None = None) -> UnitOutcome:
+    """Run one unit under its lease and write its result file. Never raises for a unit failure."""
+    store = ResultStore(runtime.output_dir)
+    path = store.path_for(unit.unit_dict(), unit.config_hash)
+    claim = lease.acquire(store.workspace, unit.config_hash, path,
+                          lambda: not runtime.force and store.is_done(unit.unit_dict(), unit.config_hash))
+    if claim.lease is None:
+        outcome = "elsewhere" if claim.settled else "busy"
+        record = store.load(unit.unit_dict(), unit.config_hash) if claim.settled else None
+        if report is not None:
+            report({"status": record["status"] if record else "busy", "outcome": outcome, "unit": unit.name})
+        return UnitOutcome(record, path, outcome, claim.busy_with)
+    try:
+        record, path = _execute(unit, runtime, store, executor, tracking, report, extra)
+    finally:
+        lease.release(claim.lease, store.workspace)
+    return UnitOutcome(record, path, "ran")
+
+
+def _execute(unit: Unit, runtime: Runtime, store: ResultStore, executor: Executor | None,
+             tracking: TrackingInfo | None, report: Reporter | None,
+             extra: Mapping[str, Any] | None) -> tuple[dict[str, Any], Path]:
     from dplbench.environment import environment_record
 
-    store = ResultStore(runtime.output_dir)
     mlflow_run = UnitRun(tracking, unit, str(runtime.device))
     history: list[dict[str, Any]] = []
 
@@ -98,7 +128,7 @@ def execute_and_record(unit: Unit, runtime: Runtime, *, executor: Executor | Non
     path = store.write(record)
     mlflow_run.finish(record, path)
     if report is not None:
-        report({"status": status, "unit": unit.name, "seconds": seconds,
+        report({"status": status, "outcome": "ran", "unit": unit.name, "seconds": seconds,
                 **{k: v for k, v in record["metrics"].items() if isinstance(v, (int, float))}})
     return record, path
 
