@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from dplbench import __version__
 from dplbench.errors import DplbenchError
+from dplbench.workspace import Workspace
 
 LS_KINDS = ("methods", "protocols", "datasets", "backbones")
 LS_SETTINGS = {"methods": (), "protocols": (), "datasets": ("data.root",), "backbones": ()}
@@ -125,10 +126,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _config(args)
     if args.cfg:
         return _print_cfg(cfg)
+    from dplbench.orchestrate.preflight import check_before_start
     from dplbench.orchestrate.runner import run
     from dplbench.units import expand_units
 
-    summary = run(cfg, expand_units(cfg))
+    units = expand_units(cfg)
+    check_before_start(cfg)
+    summary = run(cfg, units)
     _print_tables(cfg)
     return 0 if summary.ok else 1
 
@@ -148,8 +152,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     cfg = _config(args)
     if args.cfg:
         return _print_cfg(cfg)
+    from dplbench.orchestrate.preflight import check_before_start
     from dplbench.orchestrate.sweep import run_sweep
 
+    check_before_start(cfg)
     summary = run_sweep(cfg)
     print(summary)
     return 0 if getattr(summary, "ok", True) else 1
@@ -159,6 +165,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     cfg = _config(args, validate_methods=False)
     if args.cfg:
         return _print_cfg(cfg)
+    Workspace.at(cfg.run.output_dir).require_writable()
     _print_tables(cfg)
     return 0
 
@@ -169,6 +176,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
         return _print_cfg(cfg)
     from dplbench.report.api import plots_for_protocol
 
+    Workspace.at(cfg.run.output_dir).require_writable()
     paths = plots_for_protocol(cfg)
     if not paths:
         print(f"no plots: no finished result files for protocol {cfg.protocol!r} under {cfg.run.output_dir}")
