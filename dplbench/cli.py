@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from dplbench import __version__
+from dplbench.argparsing import OneLineParser
 from dplbench.errors import DplbenchError
 from dplbench.workspace import Workspace
 
@@ -35,7 +36,7 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="dplbench", description="Benchmark and ablate prompt learning for CLIP-style models.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"dplbench {__version__}")
@@ -72,7 +73,9 @@ def _config(args: argparse.Namespace, validate_methods: bool = True):
     overrides = list(args.overrides)
     if getattr(args, "force", False):
         overrides.append("run.force=true")
-    return build_config(overrides, args.config, validate_methods=validate_methods)
+    cfg = build_config(overrides, args.config, validate_methods=validate_methods)
+    cfg.run.command = ["dplbench", *getattr(args, "argv", [])]
+    return cfg
 
 
 def _ls_settings(kind: str, overrides: list[str]) -> dict:
@@ -219,6 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = argparse.Namespace(command="pretrain-toy", args=argv[1:])
     else:
         args = parser.parse_args(argv)
+    args.argv = argv
     try:
         return COMMANDS[args.command](args)
     except DplbenchError as exc:

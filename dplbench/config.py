@@ -54,6 +54,7 @@ class RunConfig:
     device: str = "auto"                  # auto | cpu | cuda | cuda:N | mps
     output_dir: str = "results"
     force: bool = False                   # recompute finished units
+    command: list[str] = field(default_factory=list)  # the user's command line (set by the CLI; recorded in results)
 
 
 @dataclass
