@@ -65,13 +65,18 @@ def device_info(device: str | None = None) -> dict[str, Any]:
     return info
 
 
+def _own_argv() -> list[str] | None:
+    """This process's command line, or None in a Ray worker (whose argv is Ray's, not the user's)."""
+    return None if Path(sys.argv[0]).name == "default_worker.py" else list(sys.argv)
+
+
 def environment_record(device: str | None = None, command: Sequence[str] | None = None) -> dict[str, Any]:
-    """``command``: the user's command line as the driver saw it (in a Ray worker ``sys.argv`` is Ray's)."""
+    """``command``: the user's command line as the driver saw it (``Runtime.command``, set by the CLI)."""
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "packages": package_versions(),
         "git": git_commit(),
         "device": device_info(device) if "torch" in sys.modules else {"device": device},
-        "argv": list(command) if command is not None else list(sys.argv),
+        "argv": list(command) if command is not None else _own_argv(),
     }

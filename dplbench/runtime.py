@@ -9,7 +9,6 @@ a new runtime setting cannot be forgotten in one of the two places.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +30,7 @@ class Runtime:
     data_root: str | None = _key("data.root")
     num_workers: int = _key("data.num_workers")
     weights_cache_dir: str | None = _key("backbone.cache_dir")
-    command: tuple[str, ...] = _key("run.command")  # the driver's command line (Ray workers have their own argv)
+    command: tuple[str, ...] = _key("run.command")  # the user's command line (a Ray worker's argv is Ray's)
 
     @classmethod
     def from_config(cls, cfg: Config | None = None, **changes: Any) -> Runtime:
@@ -46,7 +45,7 @@ class Runtime:
         for f in fields(cls):
             section, key = f.metadata["key"].split(".")
             values[f.name] = cfg[section][key]
-        values["command"] = tuple(str(a) for a in (values["command"] or sys.argv))  # read here, in the driver
+        values["command"] = tuple(str(a) for a in values["command"])
         return replace(cls(**values), **changes)
 
     @property

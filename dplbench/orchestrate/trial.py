@@ -80,7 +80,7 @@ def execute_and_record(unit: Unit, runtime: Runtime, *, executor: Executor | Non
         "metrics": dict(output.get("metrics") or {}) if status == "done" else {},
         "history": list(output.get("history") or history),
         "timing": {"started": started, "finished": _now(), "seconds": round(seconds, 3)},
-        "environment": environment_record(str(runtime.device), command=runtime.command), "faithfulness": dict(output.get("faithfulness") or {}),
+        "environment": environment_record(str(runtime.device), command=runtime.command or None), "faithfulness": dict(output.get("faithfulness") or {}),
         "extra": {**dict(output.get("extra") or {}), **dict(extra or {})},
     }
     if trace:
