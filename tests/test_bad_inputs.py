@@ -207,7 +207,7 @@ def test_bad_input(case, argv, setup, expected, want, _isolated, capsys, caplog)
 
 
 SUBPROCESS_CASES = ["ray_address_refused", "tracking_refused", "out_is_file_run", "config_yaml_syntax",
-                    "pretrain_steps_zero", "unknown_command"]
+                    "ls_unknown_kind", "unknown_command"]
 
 
 @pytest.mark.parametrize("case", SUBPROCESS_CASES)
