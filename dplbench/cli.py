@@ -13,7 +13,9 @@ import sys
 from collections.abc import Sequence
 
 from dplbench import __version__
+from dplbench.argparsing import OneLineParser
 from dplbench.errors import DplbenchError
+from dplbench.workspace import Workspace
 
 LS_KINDS = ("methods", "protocols", "datasets", "backbones", "sweeps")
 LS_SETTINGS = {"methods": (), "protocols": (), "datasets": ("data.root",), "backbones": (), "sweeps": ()}
@@ -97,7 +99,7 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="dplbench", description="Benchmark and ablate prompt learning for CLIP-style models.",
         epilog=EPILOG, formatter_class=_formatter)
     parser.add_argument("--version", action="version", version=f"dplbench {__version__}")
@@ -141,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _config(args: argparse.Namespace, validate_methods: bool = True):
     from dplbench.config import build_config
 
-    return build_config(_overrides(args), args.config, validate_methods=validate_methods)
+    cfg = build_config(_overrides(args), args.config, validate_methods=validate_methods)
+    cfg.run.command = ["dplbench", *getattr(args, "argv", [])]
+    return cfg
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
@@ -272,8 +276,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.cfg:
         return _print_cfg(cfg, units)
     _check_data(cfg, units)
+    from dplbench.orchestrate.preflight import check_before_start
     from dplbench.orchestrate.runner import run
 
+    check_before_start(cfg)
     summary = run(cfg, units)
     _print_tables(cfg, set())
     return 0 if summary.ok else 1
@@ -311,9 +317,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     if args.cfg:
         return _print_sweep_cfg(cfg, plan_sweep(cfg))
+    from dplbench.orchestrate.preflight import check_before_start
     from dplbench.units import expand_units
 
     _check_data(cfg, expand_units(cfg))
+    check_before_start(cfg)
     summary = run_sweep(cfg)
     print(summary)
     return 0 if getattr(summary, "ok", True) else 1
@@ -323,6 +331,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     cfg = _config(args, validate_methods=False)
     if args.cfg:
         return _print_cfg(cfg)
+    Workspace.at(cfg.run.output_dir).require_writable()
     _print_tables(cfg, _selected(args))
     return 0
 
@@ -343,6 +352,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
         return _print_cfg(cfg)
     from dplbench.report.api import plots_for_protocol
 
+    Workspace.at(cfg.run.output_dir).require_writable()
     paths = plots_for_protocol(cfg, _selected(args))
     if not paths:
         print(f"no plots: no finished result files for protocol {cfg.protocol!r} (with the given selection) under "
@@ -424,6 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = argparse.Namespace(command="pretrain-toy", args=argv[1:])
     else:
         args = parser.parse_args(argv)
+    args.argv = argv
     try:
         return COMMANDS[args.command](args)
     except DplbenchError as exc:

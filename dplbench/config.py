@@ -55,6 +55,7 @@ class RunConfig:
     device: str = "auto"                  # auto | cpu | cuda | cuda:N | mps
     output_dir: str = "results"
     force: bool = False                   # recompute finished units
+    command: list[str] = field(default_factory=list)  # the user's command line (set by the CLI; recorded in results)
 
 
 @dataclass
@@ -101,7 +102,7 @@ def parse_overrides(tokens: list[str]) -> list[tuple[str, Any]]:
             raise ConfigError(f"cannot parse override {token!r}: expected key=value (e.g. method.n_ctx=8)")
         try:
             parsed = OmegaConf.to_container(OmegaConf.from_dotlist([token]), resolve=True)
-        except OmegaConfBaseException as exc:
+        except (OmegaConfBaseException, yaml.YAMLError) as exc:  # e.g. seeds=[1, (an unclosed list)
             raise ConfigError(f"cannot parse override {token!r}: {exc.__class__.__name__}") from None
         value: Any = parsed
         for part in key.split("."):
@@ -170,6 +171,8 @@ def load_config_file(path: str | Path) -> list[tuple[str, Any]]:
         raise ConfigError(f"config file not found: {path}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (UnicodeDecodeError, OSError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.__class__.__name__} (expected UTF-8 YAML)") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):

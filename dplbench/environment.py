@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import platform
+import re
 import subprocess
 import sys
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -22,10 +24,26 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]
     return versions
 
 
-def git_commit(path: str | Path | None = None) -> dict[str, Any] | None:
-    """Commit SHA and dirty flag of the checkout that holds dplbench, if it is a git checkout."""
-    where = Path(path) if path else Path(__file__).resolve().parent.parent
+def _own_checkout(folder: Path) -> bool:
+    """Whether ``folder`` is dplbench's own source tree (its pyproject names the project dplbench), as opposed to
+    any repository that happens to enclose an installed package (a virtualenv inside a user's project)."""
     try:
+        text = (folder / "pyproject.toml").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    return re.search(r'(?m)^\s*name\s*=\s*["\']dplbench["\']\s*$', text) is not None
+
+
+def git_commit(path: str | Path | None = None) -> dict[str, Any] | None:
+    """Commit SHA and dirty flag of dplbench's own git checkout; None for an installed package or another tree."""
+    where = Path(path) if path else Path(__file__).resolve().parent.parent
+    if not _own_checkout(where):
+        return None
+    try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=where, capture_output=True, text=True,
+                             timeout=5, check=True).stdout.strip()
+        if Path(top).resolve() != where.resolve():
+            return None
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
                              timeout=5, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
@@ -47,12 +65,18 @@ def device_info(device: str | None = None) -> dict[str, Any]:
     return info
 
 
-def environment_record(device: str | None = None) -> dict[str, Any]:
+def _own_argv() -> list[str] | None:
+    """This process's command line, or None in a Ray worker (whose argv is Ray's, not the user's)."""
+    return None if Path(sys.argv[0]).name == "default_worker.py" else list(sys.argv)
+
+
+def environment_record(device: str | None = None, command: Sequence[str] | None = None) -> dict[str, Any]:
+    """``command``: the user's command line as the driver saw it (``Runtime.command``, set by the CLI)."""
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "packages": package_versions(),
         "git": git_commit(),
         "device": device_info(device) if "torch" in sys.modules else {"device": device},
-        "argv": list(sys.argv),
+        "argv": list(command) if command is not None else _own_argv(),
     }

@@ -63,7 +63,47 @@ def read_result(path: str | Path) -> dict[str, Any]:
         raise CorruptResultError(f"{path}: unknown format or status")
     if record.get("checksum") != _checksum(record):
         raise CorruptResultError(f"{path}: checksum mismatch (partial or edited file)")
+    problem = _type_problem(record)
+    if problem:
+        raise CorruptResultError(f"{path}: {problem}")
     return record
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _type_problem(record: Mapping[str, Any]) -> str | None:
+    """What a checksummed record written by another tool or version gets wrong, or None (a valid checksum says the
+    file is whole, not that its fields have the types tables and plots rely on)."""
+    unit = record["unit"]
+    if not isinstance(unit, dict):
+        return "unit is not a mapping"
+    for key in ("protocol", "method", "dataset"):
+        if key in unit and not isinstance(unit[key], str):
+            return f"unit.{key} is {unit[key]!r}, not a name"
+    if not _is_int(unit.get("seed")):
+        return f"unit.seed is {unit.get('seed')!r}, not an integer"
+    if unit.get("shots") is not None and not _is_int(unit["shots"]):
+        return f"unit.shots is {unit['shots']!r}, not an integer or null"
+    if not isinstance(unit.get("overrides", {}), dict):
+        return "unit.overrides is not a mapping"
+    if not isinstance(record["config_hash"], str):
+        return "config_hash is not a string"
+    metrics = record["metrics"]
+    if not isinstance(metrics, dict):
+        return "metrics is not a mapping"
+    bad = [k for k, v in metrics.items() if v is not None and not _is_number(v)]
+    if bad:
+        return f"metrics.{bad[0]} is {metrics[bad[0]]!r}, not a number"
+    for key, kind in (("config", dict), ("timing", dict), ("history", list)):
+        if key in record and not isinstance(record[key], kind):
+            return f"{key} is not a {'mapping' if kind is dict else 'list'}"
+    return None
 
 
 class ResultStore:

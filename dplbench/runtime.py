@@ -32,6 +32,7 @@ class Runtime:
     data_paths: Mapping[str, str] = _key("data.paths")  # dataset name -> its folder
     num_workers: int = _key("data.num_workers")
     weights_cache_dir: str | None = _key("backbone.cache_dir")
+    command: tuple[str, ...] = _key("run.command")  # the user's command line (a Ray worker's argv is Ray's)
 
     @classmethod
     def from_config(cls, cfg: Config | None = None, **changes: Any) -> Runtime:
@@ -47,6 +48,7 @@ class Runtime:
             section, key = f.metadata["key"].split(".")
             value = cfg[section][key]
             values[f.name] = dict(value) if hasattr(value, "items") else value
+        values["command"] = tuple(str(a) for a in values["command"])
         return replace(cls(**values), **changes)
 
     @property

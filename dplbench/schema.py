@@ -112,7 +112,7 @@ CROP_SCALE = Check(lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and al
                    and v[0] <= v[1], "[low, high] with 0 < low <= high <= 1")
 DEVICE = Check(lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None,
                "auto, cpu, cuda, cuda:N or mps")
-EXISTING_PATH = Check(lambda v: isinstance(v, str) and Path(v).expanduser().exists(), "an existing file")
+EXISTING_PATH = Check(lambda v: isinstance(v, str) and Path(v).expanduser().is_file(), "an existing file")
 
 # Config keys (dotted paths; ``method.*`` are method options, checked whichever method declares them). A null value
 # always means "the default" and is never checked. Keys marked in ``EXPLICIT_ONLY`` are only checked when the user

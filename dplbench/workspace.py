@@ -30,6 +30,25 @@ class Workspace:
         """The workspace of ``output_dir`` (made absolute: Ray trials run in other working directories)."""
         return cls(Path(output_dir).expanduser().resolve())
 
+    def require_writable(self) -> None:
+        """ConfigError unless the output folder is (or can be created as) a writable folder: checked before Ray or
+        MLflow start, so the mistake costs one line, not a traceback from deep inside a trial."""
+        import os
+
+        from dplbench.errors import ConfigError
+
+        where = f"run.output_dir={self.root}"
+        if self.root.exists() and not self.root.is_dir():
+            raise ConfigError(f"{where} is a file, not a folder")
+        existing = self.root
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir():
+            raise ConfigError(f"{where} cannot be created: {existing} is a file, not a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            what = "is not writable" if existing == self.root else f"cannot be created ({existing} is not writable)"
+            raise ConfigError(f"{where} {what}")
+
     @property
     def runs(self) -> Path:
         return self.root / "runs"

@@ -135,6 +135,7 @@ def _imagenet_tree(root, names):
             d.mkdir(parents=True, exist_ok=True)
             Image.new("RGB", (4, 4)).save(d / f"{w}_{i}.JPEG", format="JPEG")
         (root / "imagenet" / "images" / "val" / w).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (4, 4)).save(root / "imagenet" / "images" / "val" / w / f"val_{w}.JPEG", format="JPEG")
     (root / "imagenet" / "classnames.txt").write_text("".join(f"{w} name {w}\n" for w in names))
 
 

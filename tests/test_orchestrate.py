@@ -88,14 +88,16 @@ def test_cuda_device_without_a_gpu_per_trial_is_a_config_error(tmp_path):
 def test_attaching_to_a_missing_cluster_names_the_address_and_the_token(monkeypatch, tmp_path):
     import ray
 
+    from dplbench.orchestrate import session
     from dplbench.orchestrate.session import RayConnectionError, _connect
 
     def refuse(**kwargs):
         raise ConnectionError("Could not find any running Ray instance.\nmore")
 
     monkeypatch.setattr(ray, "init", refuse)
+    monkeypatch.setattr(session, "ensure_reachable", lambda address: None)  # the address answers; ray.init refuses
     with pytest.raises(RayConnectionError, match=r"ray.address=ray://nowhere:10001.*RAY_AUTH_TOKEN"):
-        _connect("ray://nowhere:10001")
+        _connect("ray://nowhere:10001", tmp_path)
 
 
 # -- runs ---------------------------------------------------------------------------------------------------------

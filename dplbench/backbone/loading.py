@@ -196,10 +196,36 @@ def _hub_offline() -> Iterator[None]:
 
 
 def _is_torchscript(path: Path) -> bool:
+    """A TorchScript archive: a zip with ``constants.pkl`` and compiled ``code/`` (a zip ``torch.save`` file has
+    ``data.pkl`` and no ``code/``)."""
     if not zipfile.is_zipfile(path):
         return False
     with zipfile.ZipFile(path) as zf:
-        return any(n.endswith("constants.pkl") for n in zf.namelist())
+        names = zf.namelist()
+    return any(n.endswith("/constants.pkl") or n == "constants.pkl" for n in names) and \
+        any("/code/" in n or n.startswith("code/") for n in names)
+
+
+def _openai_architecture(model_name: str) -> bool:
+    """Whether OpenAI released weights for ``model_name`` (open_clip lists an ``openai`` tag for it)."""
+    import open_clip
+
+    return "openai" in open_clip.list_pretrained_tags_by_model(model_name)
+
+
+def _load_torchscript_openai(model: torch.nn.Module, path: Path, model_name: str) -> None:
+    """OpenAI's original CLIP release is a TorchScript archive whose tensors carry open_clip's key names. Opening
+    TorchScript runs its compiled code, so only that format is accepted: for an OpenAI architecture, and never for
+    the toy backbone (docs/architecture.md, "Security")."""
+    if not _openai_architecture(model_name):
+        raise WeightsNotFoundError(
+            f"{path} is a TorchScript archive; dplbench opens TorchScript only as OpenAI's released CLIP weights "
+            f"(architectures with an 'openai' tag), not for {model_name}: save a state dict instead "
+            "(torch.save(model.state_dict(), 'weights.pt'))")
+    state = torch.jit.load(str(path), map_location="cpu").state_dict()
+    for key in ("input_resolution", "context_length", "vocab_size"):
+        state.pop(key, None)
+    model.load_state_dict(state, strict=True)
 
 
 def _load_weights(model: torch.nn.Module, path: Path, model_name: str) -> None:
@@ -208,11 +234,7 @@ def _load_weights(model: torch.nn.Module, path: Path, model_name: str) -> None:
 
     try:
         if _is_torchscript(path):
-            # OpenAI's original release is a TorchScript archive; its tensors share open_clip's CLIP key names
-            state = torch.jit.load(str(path), map_location="cpu").state_dict()
-            for key in ("input_resolution", "context_length", "vocab_size"):
-                state.pop(key, None)
-            model.load_state_dict(state, strict=True)
+            _load_torchscript_openai(model, path, model_name)
         else:
             load_checkpoint(model, str(path), strict=True, weights_only=True, device="cpu")
     except (RuntimeError, KeyError, ValueError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:

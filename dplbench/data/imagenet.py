@@ -18,6 +18,9 @@ def _class_tree(info: DatasetInfo, top: Path, tag: str) -> dict[str, list[str]]:
     tree = cached_class_tree(top, tag=tag)
     if not tree:
         fail(info, "no class folders in", top)
+    empty = sorted(name for name, files in tree.items() if not files)
+    if empty:  # an unfinished copy or extraction: a class without images would still count in the label space
+        fail(info, "class folders without images in", top, f"{len(empty)} empty, e.g. {empty[:3]}")
     return tree
 
 

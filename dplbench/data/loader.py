@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dplbench.data.base import DatasetSplits, Datum
+from dplbench.errors import DataNotFoundError, DplbenchError
 
 
 class ImageDataset(Dataset):
@@ -30,14 +31,27 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, index: int):
         datum = self.items[index]
-        image = self.splits.load_image(datum)
-        if image.mode != "RGB":
-            image = image.convert("RGB")
+        try:
+            image = self.splits.load_image(datum)
+            if image.mode != "RGB":
+                image = image.convert("RGB")
+        except DplbenchError:
+            raise
+        except (OSError, SyntaxError, ValueError) as exc:  # truncated, not an image, unreadable (PIL's errors)
+            raise DataNotFoundError(f"{self.splits.name}: cannot read image {self._where(datum)}: "
+                                    f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+                                    ) from None
         if self.transform is not None:
             image = self.transform(image)
         if self.return_index:
             return image, datum.label, index
         return image, datum.label
+
+    def _where(self, datum: Datum) -> str:
+        try:
+            return str(self.splits.image_path(datum))
+        except TypeError:  # a dataset that reads images without an image folder
+            return str(datum.impath)
 
 
 def _seed_worker(worker_id: int) -> None:

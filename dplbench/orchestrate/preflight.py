@@ -59,3 +59,18 @@ def warn_unused_gpus(request: Mapping[str, float], available: Mapping[str, float
     if request.get("gpu", 0) == 0 and float(available.get("GPU", 0)) > 0 and device == "auto":
         log.warning("the Ray cluster has %g GPU(s) but ray.gpus_per_trial=0: trials run on CPU "
                     "(set ray.gpus_per_trial=1 or a fraction such as 0.5)", float(available["GPU"]))
+
+
+def check_before_start(cfg: Config) -> None:
+    """What a run needs outside itself, checked in seconds before Ray or MLflow start: a writable output folder,
+    a reachable ``ray.address`` and a reachable tracking server (each failure is one line)."""
+    from dplbench.orchestrate import tracking
+    from dplbench.orchestrate.session import ensure_reachable
+    from dplbench.workspace import Workspace
+
+    Workspace.at(cfg.run.output_dir).require_writable()
+    if cfg.ray.enabled and cfg.ray.address:
+        ensure_reachable(str(cfg.ray.address))
+    uri = tracking.tracking_uri(cfg)
+    if uri is not None:
+        tracking.require_reachable(uri)

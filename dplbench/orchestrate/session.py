@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dplbench.errors import DplbenchError
+from dplbench.orchestrate import preflight
+from dplbench.orchestrate.reachability import http2_silent, split_host_port, tcp_unreachable
 from dplbench.fileio import atomic_write_text
-from dplbench.orchestrate import preflight, processes
+from dplbench.orchestrate import processes
 from dplbench.orchestrate.processes import ProcessId, pid_alive
 from dplbench.workspace import Workspace
 
@@ -33,8 +35,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-AUTH_HINT = ("if the cluster uses token authentication (default since Ray 2.59), provide the token with "
-             "RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token")
+AUTH_HINT = ("if the cluster uses token authentication (the default of `ray start` since Ray 2.59), provide its "
+             "token with RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token (dplbench then sets "
+             "RAY_AUTH_MODE=token, which Ray needs for an explicit address)")
+RAY_CLIENT_PORT = 10001      # default port of ray://host
+CONNECT_TIMEOUT_S = 8.0
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"      # the address answers TCP but must also speak gRPC (HTTP/2) within this time
 
 
 class RayConnectionError(DplbenchError):
@@ -121,15 +127,107 @@ def clean_stale_sessions(workspace: Workspace) -> list[int]:
     return stopped
 
 
-def _connect(address: str) -> None:
+def _bootstrap_address(address: str) -> tuple[str, int]:
+    """The host and port ``ray.init(address)`` will dial: ``ray://host[:port]`` (Ray Client), ``host:port`` (GCS)
+    or ``auto`` (the local cluster ``ray start`` recorded)."""
+    if address == "auto":
+        try:
+            from ray._private.services import canonicalize_bootstrap_address
+
+            found = canonicalize_bootstrap_address("auto")
+        except Exception:  # noqa: BLE001 - Ray raises ConnectionError or ValueError when nothing is recorded
+            found = None
+        if not found:
+            raise RayConnectionError("ray.address=auto found no running local Ray cluster (start one with "
+                                     "`ray start --head`, or leave ray.address unset for a private instance)")
+        address = found
+    try:
+        return split_host_port(address, RAY_CLIENT_PORT if address.startswith("ray://") else None)
+    except DplbenchError as exc:
+        raise RayConnectionError(f"ray.address={address}: {exc}") from None
+
+
+def ensure_reachable(address: str) -> None:
+    """RayConnectionError (one line, within seconds) unless ``address`` answers like a Ray cluster."""
+    host, port = _bootstrap_address(address)
+    _require_reachable(address, host, port)
+
+
+def _require_reachable(address: str, host: str, port: int) -> None:
+    """TCP connect, then an HTTP/2 (gRPC) handshake, each with a short timeout: Ray's own client retries
+    forever against a dead or foreign address."""
+    reason = tcp_unreachable(host, port)
+    if reason is None and os.environ.get("RAY_USE_TLS", "0").lower() not in ("1", "true"):
+        reason = http2_silent(host, port, CONNECT_TIMEOUT_S)
+    if reason is not None:
+        raise RayConnectionError(f"cannot attach to the Ray cluster at ray.address={address} ({host}:{port}): "
+                                 f"{reason}")
+
+
+def _enable_token_auth_if_token_given() -> None:
+    """Ray 2.59+ reads a token only when RAY_AUTH_MODE=token, and sets that mode itself only for ``auto``:
+    with an explicit address and a token the user provided, set it (an explicit RAY_AUTH_MODE is kept)."""
+    if os.environ.get("RAY_AUTH_MODE"):
+        return
+    token_path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if (os.environ.get("RAY_AUTH_TOKEN") or (token_path and os.path.isfile(os.path.expanduser(token_path)))
+            or os.path.isfile(os.path.expanduser("~/.ray/auth_token"))):
+        os.environ["RAY_AUTH_MODE"] = "token"
+        with contextlib.suppress(Exception):  # refresh Ray's cached config (how Ray itself switches modes)
+            from ray._raylet import Config
+
+            Config.initialize("")
+
+
+def _connect(address: str, neutral_cwd: Path) -> None:
+    """Attach to ``address`` (probed first); ``neutral_cwd``: see `_launch_folder_off_worker_path`."""
     import ray
 
+    ensure_reachable(address)
+    _enable_token_auth_if_token_given()
     try:
-        ray.init(address=address, log_to_driver=False)
+        with _launch_folder_off_worker_path(neutral_cwd):
+            ray.init(address=address, log_to_driver=False)
     except Exception as exc:  # noqa: BLE001 - ConnectionError, auth errors, timeouts: one line for the user
         message = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise RayConnectionError(f"cannot attach to the Ray cluster at ray.address={address}: {message}; "
                                  f"{AUTH_HINT}") from None
+
+
+@contextlib.contextmanager
+def _launch_folder_off_worker_path(neutral: Path) -> Iterator[None]:
+    """Ray puts the driver's working directory first on every worker's ``sys.path`` (``ray.init`` records it
+    in the job config), so a ``methods/`` or ``open_clip/`` folder where the user typed the command would be
+    imported inside the trials. Connect from ``neutral`` instead (a folder dplbench owns; every path in the
+    config is already absolute)."""
+    launch = os.getcwd()
+    neutral.mkdir(parents=True, exist_ok=True)
+    os.chdir(neutral)
+    try:
+        yield
+    finally:
+        os.chdir(launch)
+
+
+@contextlib.contextmanager
+def _loopback_only() -> Iterator[None]:
+    """Start the local instance on 127.0.0.1: Ray picks the machine's outward IP as the node address on Linux
+    and then listens on all interfaces; with the node address on loopback its servers bind to loopback only.
+    (``_node_ip_address="127.0.0.1"`` is rewritten to the outward IP; Ray's own switch for single-machine
+    instances is RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, read at import, hence also the constant.)"""
+    from ray._private import ray_constants
+
+    saved_env, saved_flag = os.environ.get(LOCAL_ONLY_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[LOCAL_ONLY_ENV] = "0"   # inherited by the processes the local instance starts
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(LOCAL_ONLY_ENV, None)
+        else:
+            os.environ[LOCAL_ONLY_ENV] = saved_env
 
 
 @contextlib.contextmanager
@@ -178,14 +276,15 @@ def ray_session(cfg: Config) -> Iterator[dict[str, float]]:
     if ray.is_initialized():
         where = "the running Ray instance"
     elif cfg.ray.address:
-        _connect(str(cfg.ray.address))
+        _connect(str(cfg.ray.address), workspace.ray)
         connected = True
         where = f"the Ray cluster at {cfg.ray.address}"
     else:
         workspace.root.mkdir(parents=True, exist_ok=True)
         clean_stale_sessions(workspace)
         num_cpus = None if cfg.ray.num_cpus is None else int(cfg.ray.num_cpus)
-        context = ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        with _launch_folder_off_worker_path(workspace.ray), _loopback_only():
+            context = ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
         owned = True
         record = write_session_record(workspace, context.address_info["session_dir"])
         where = "the local Ray instance"

@@ -46,6 +46,22 @@ def tracking_uri(cfg: Config) -> str | None:
     return str(cfg.tracking.uri) if cfg.tracking.uri else Workspace.at(cfg.run.output_dir).mlflow_uri
 
 
+def require_reachable(uri: str) -> None:
+    """An ``http(s)://`` tracking server must accept a TCP connection within seconds (MLflow's client retries an
+    unreachable server for minutes, silently); other URIs (SQLite, files, databricks) are not probed."""
+    from dplbench.errors import DplbenchError
+    from dplbench.orchestrate.reachability import split_host_port, tcp_unreachable
+
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    if scheme not in ("http", "https"):
+        return
+    host, port = split_host_port(uri, 443 if scheme == "https" else 80)
+    reason = tcp_unreachable(host, port)
+    if reason is not None:
+        raise DplbenchError(f"cannot reach the MLflow tracking server tracking.uri={uri} ({host}:{port}): {reason} "
+                            "(start the server, fix tracking.uri, or set tracking.enabled=false)")
+
+
 def _client(uri: str):
     from mlflow.tracking import MlflowClient
 
@@ -106,6 +122,7 @@ def start_parent(cfg: Config, run_name: str, params: Mapping[str, Any], tags: Ma
 
     from dplbench.errors import DplbenchError
 
+    require_reachable(uri)
     workspace = Workspace.at(cfg.run.output_dir)
     try:
         with file_lock(workspace.mlflow_lock):

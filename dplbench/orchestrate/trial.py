@@ -115,7 +115,7 @@ def _execute(unit: Unit, runtime: Runtime, store: ResultStore, executor: Executo
         "metrics": dict(output.get("metrics") or {}) if status == "done" else {},
         "history": list(output.get("history") or history),
         "timing": {"started": started, "finished": _now(), "seconds": round(seconds, 3)},
-        "environment": environment_record(str(runtime.device)), "faithfulness": dict(output.get("faithfulness") or {}),
+        "environment": environment_record(str(runtime.device), command=runtime.command or None), "faithfulness": dict(output.get("faithfulness") or {}),
         "extra": {**dict(output.get("extra") or {}), **dict(extra or {})},
     }
     if trace:

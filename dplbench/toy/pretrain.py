@@ -26,6 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dplbench.argparsing import OneLineParser
+from dplbench.errors import ConfigError
 from dplbench.toy import world
 from dplbench.toy.model import (
     DEFAULT_CHECKPOINT,
@@ -166,7 +168,7 @@ def _run_phase(name, steps, lr, params, step_fn, log_every, log):
 
 def pretrain(
     steps: int = 1300,
-    out_path: str | Path = DEFAULT_CHECKPOINT,
+    out_path: str | Path | None = None,
     seed: int = 0,
     *,
     warmup_fraction: float = 0.6,
@@ -178,7 +180,10 @@ def pretrain(
     log_every: int = 100,
     log=print,
 ) -> dict:
-    """Train the toy CLIP for ``steps`` optimiser steps in total and write the checkpoint to ``out_path``."""
+    """Train the toy CLIP for ``steps`` optimiser steps in total and write the checkpoint to ``out_path``
+    (default: :func:`default_output`)."""
+    out_path = Path(out_path) if out_path is not None else default_output()
+    _check_output(out_path)
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -242,22 +247,74 @@ def pretrain(
     return meta
 
 
+def default_output() -> Path:
+    """Where ``pretrain-toy`` writes without ``--out``: the user cache, never the checkpoint shipped inside the
+    package (the default backbone of every run)."""
+    from dplbench.data.layout import cache_root
+
+    return cache_root() / "toy_clip" / "toy_clip.pt"
+
+
+def _check_output(out: Path) -> None:
+    """Refuse the shipped checkpoint of an installed package (a source checkout may rebuild its own asset)."""
+    target = out.expanduser().resolve()
+    if target.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give a file path such as {out}/toy_clip.pt")
+    installed = {"site-packages", "dist-packages"} & set(target.parts)
+    if installed and target == DEFAULT_CHECKPOINT.resolve():
+        raise ConfigError(f"--out {out} is the toy checkpoint shipped inside the installed dplbench package; "
+                          f"write elsewhere (default {default_output()}) and use it with backbone.checkpoint=PATH")
+    if installed:
+        raise ConfigError(f"--out {out} is inside an installed package folder; write elsewhere")
+
+
+def _positive(kind: type, lower: float, inclusive: bool = False):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
+        if not (value >= lower if inclusive else value > lower) or (kind is float and not math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"{text!r} must be {'>=' if inclusive else '>'} {lower:g}")
+        return value
+
+    return parse
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be between 0 and 1")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dplbench pretrain-toy", description="Pretrain the toy CLIP.")
-    parser.add_argument("--steps", type=int, default=1300, help="total optimiser steps (all three phases)")
-    parser.add_argument("--out", default=str(DEFAULT_CHECKPOINT), help="checkpoint path to write")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--pool-size", type=int, default=30000, help="number of pre-rendered images")
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--warmup-fraction", type=float, default=0.6, help="share of steps for the image warm-up")
-    parser.add_argument("--align-fraction", type=float, default=0.4, help="share of steps with the image tower locked")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (1 is fastest on a busy 2-core machine)")
+    parser = OneLineParser(prog="dplbench pretrain-toy", description="Pretrain the toy CLIP.")
+    parser.add_argument("--steps", type=_positive(int, 0), default=1300, help="total optimiser steps (all three phases)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="checkpoint path to write (default: toy_clip/toy_clip.pt under the dplbench cache, "
+                             "$DPLBENCH_CACHE or ~/.cache/dplbench); use it with backbone.checkpoint=PATH")
+    parser.add_argument("--seed", type=_positive(int, 0, inclusive=True), default=0)
+    parser.add_argument("--batch-size", type=_positive(int, 0), default=128)
+    parser.add_argument("--pool-size", type=_positive(int, 0), default=30000, help="number of pre-rendered images")
+    parser.add_argument("--lr", type=_positive(float, 0), default=1e-3)
+    parser.add_argument("--warmup-fraction", type=_fraction, default=0.6, help="share of steps for the image warm-up")
+    parser.add_argument("--align-fraction", type=_fraction, default=0.4, help="share of steps with the image tower locked")
+    parser.add_argument("--threads", type=_positive(int, 0, inclusive=True), default=1,
+                        help="torch CPU threads (1 is fastest on a busy 2-core machine; 0: torch's default)")
     args = parser.parse_args(argv)
-    pretrain(args.steps, args.out, args.seed, warmup_fraction=args.warmup_fraction,
+    if args.warmup_fraction + args.align_fraction > 1:
+        raise ConfigError(f"--warmup-fraction {args.warmup_fraction:g} + --align-fraction {args.align_fraction:g} "
+                          "must not exceed 1")
+    out = args.out if args.out is not None else default_output()
+    _check_output(out)  # before the long run
+    pretrain(args.steps, out, args.seed, warmup_fraction=args.warmup_fraction,
              align_fraction=args.align_fraction, batch_size=args.batch_size, pool_size=args.pool_size,
              lr=args.lr, threads=args.threads)
+    print(f"use it with backbone.checkpoint={out}")
     return 0
 
 
