@@ -115,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"# skipping backbone {name}: {exc}")
             continue
         classnames = [f"object number {i}" for i in range(args.classes)]
-        print(f"# {name} ({backbone.precision}, {backbone.device}, {torch.get_num_threads()} threads), "
-              f"{args.classes} classes")
+        print(f"# {name} ({backbone.model_config}, {backbone.precision}, {backbone.device}, "
+              f"{torch.get_num_threads()} threads), {args.classes} classes")
         print(f"{'method':<10} {'params':>8} {'batch':>9} {'s/step':>8} {'s/epoch':>9} {'eval img/s':>10} "
               f"{'RSS MB':>8} {'CUDA MB':>8}")
         for method in args.methods:

@@ -279,6 +279,8 @@ def validate_names(cfg: DictConfig, *, validate_methods: bool = True) -> None:
         _validate_open_clip_name(cfg.backbone.name, BACKBONES.list())
     if validate_methods and cfg.method:
         validate_method_options(list(cfg.methods), OmegaConf.to_container(cfg.method, resolve=True))
+    if validate_methods:
+        check_method_recipes(cfg)
 
 
 def _validate_open_clip_name(name: str, registered: list[str]) -> None:
@@ -327,6 +329,34 @@ def validate_method_options(methods: list[str], options: dict[str, Any]) -> None
         if hint:
             msg += f"; did you mean 'method.{hint}'?"
         raise ConfigError(msg + f" Valid options: {', '.join(valid) if valid else '(none)'}")
+
+
+def check_method_recipes(cfg: DictConfig) -> None:
+    """Build each selected method's options as its units will (the recipe defaults of the protocol's family for
+    every training dataset and shot count, then the user's ``method.*`` values), so that combinations an Options
+    dataclass rejects (e.g. CoOp's ``class_specific`` with a ``ctx_init``) fail here, before Ray or MLflow start."""
+    from dplbench.catalog import METHODS, PROTOCOLS
+    from dplbench.engine.recipes import build_options
+    from dplbench.units import options_for
+
+    family = str(PROTOCOLS.get(cfg.protocol).recipe)
+    user = OmegaConf.to_container(cfg.method, resolve=True) if cfg.method else {}
+    datasets = list(cfg.datasets) or ([cfg.source] if cfg.source else [])
+    shots = list(cfg.shots) or [None]
+    for method in dict.fromkeys(cfg.methods):
+        adapter = METHODS.get(method)
+        own = options_for(method, user)
+        seen: set[str] = set()
+        for dataset in datasets:
+            for k in shots:
+                values = {**adapter.recipe(family, dataset, k).options, **own}
+                if repr(values) in seen:
+                    continue
+                seen.add(repr(values))
+                try:
+                    build_options(adapter.Options, values, method)
+                except ConfigError as exc:
+                    raise ConfigError(str(exc) if repr(method) in str(exc) else f"method {method!r}: {exc}") from None
 
 
 def to_yaml(cfg: DictConfig) -> str:

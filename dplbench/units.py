@@ -165,7 +165,7 @@ def _method_option_names(method: str) -> set[str] | None:
     return {f.name for f in dataclasses.fields(options_cls)}
 
 
-def _options_for(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
+def options_for(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
     """The ``method.*`` overrides that this method accepts (the others belong to other selected methods)."""
     if not options:
         return {}
@@ -216,7 +216,7 @@ def expand_units(cfg: Config, *, extra_overrides: Mapping[str, Any] | None = Non
     changed = {key: value for key, value in flatten(settings).items() if defaults.get(key) != value}
     units: dict[str, Unit] = {}
     for method in dict.fromkeys(methods):
-        method_options = _options_for(method, options)
+        method_options = options_for(method, options)
         overrides = {**changed, **{f"method.{k}": v for k, v in flatten(method_options).items()},
                      **dict(extra_overrides or {})}
         for dataset in datasets:

@@ -7,18 +7,15 @@ from typing import Any
 
 from dplbench.engine.method import register_method
 from dplbench.engine.recipes import Recipe
-from dplbench.engine.text_prompted import TextPromptedMethod
+from dplbench.engine.text_prompted import TextContextOptions, TextPromptedMethod
 
 LR = 0.002
 BATCH = 32
 
 
 @dataclass
-class CoOpOptions:
-    n_ctx: int = 4                   # M; must equal the token count of ctx_init when ctx_init is set
-    ctx_init: str = "a photo of a"   # "" = random N(0, 0.02) init
-    class_position: str = "end"      # end | middle | front
-    class_specific: bool = False     # CSC: one context per class
+class CoOpOptions(TextContextOptions):
+    """CoOp has exactly the context options (class_specific=true needs ctx_init='', as in the official code)."""
 
 
 def _b2n(dataset: str, shots: int | None) -> Recipe:

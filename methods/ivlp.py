@@ -4,6 +4,9 @@ Text: M=4 context at layer 0 from "a photo of a" plus fresh N(0, 0.02) prompts r
 blocks 1..depth-1. Vision: n=4 tokens appended after the patches (before ``ln_pre``) plus deep prompts replacing
 the last n tokens before blocks 1..depth-1. Depth 9/9, CE only, 46,080 parameters on ViT-B/16. The prompts are
 :class:`dplbench.engine.deep_prompted.DeepPromptedMethod`'s, which PromptSRC and DroPLe build on as well.
+The MaPLe repository's IVLP (2+2 tokens, depth 12, the first 2 tokens of "a photo of a" learned, 30,720 parameters):
+``method.partial_ctx_init=true method.n_ctx_text=2 method.n_ctx_vision=2 method.depth_text=12
+method.depth_vision=12`` with ``train.lr=0.0035 train.epochs=5`` (docs/methods.md §4.6).
 """
 
 from __future__ import annotations
@@ -28,13 +31,21 @@ FEW = Recipe(50, LR, BATCH, source="[choice] PromptSRC few-shot recipe: ep50, de
 
 @dataclass
 class IVLPOptions(DeepPromptOptions):
-    """IVLP has exactly the deep-prompt options."""
+    """The deep-prompt options, plus ``partial_ctx_init``: true learns only the first ``n_ctx_text`` tokens of
+    ``ctx_init`` and keeps the rest of the phrase as frozen tokens, the MaPLe repository's IVLP
+    (``n_ctx_text=2``: ``[SOS] V1 V2 of a [CLASS].``); false needs ``n_ctx_text`` = the phrase's token count."""
+
+    partial_ctx_init: bool = False
 
 
 @register_method("ivlp", description="IVLP: independent deep vision + text prompts (4+4 tokens, depth 9), CE only")
 class IVLP(DeepPromptedMethod):
     Options = IVLPOptions
     RECIPES = {"base2novel": B2N, "cross_dataset": CROSS, "few_shot": FEW, "long_tail": CROSS}
+
+    @property
+    def partial_ctx_init(self) -> bool:
+        return self.options.partial_ctx_init
 
     def training_step(self, images: torch.Tensor, labels: torch.Tensor, state: StepState) -> dict[str, torch.Tensor]:
         logits = self.scaled_logits(self.encode_images(images), self.compute_text_features())

@@ -7,8 +7,9 @@ after the patches (before ``ln_pre``) and before block j the last M tokens are r
 so the vision prompts are functions of the text prompts and never parameters of their own. CE only;
 3,555,072 trainable parameters on ViT-B/16 (1,185,024 at depth 3).
 
-Precision as in the official code: the layer-0 context and ``proj`` follow the method's prompt dtype (fp16 in
-``fp16_faithful``: the reference calls ``proj.half()``), the deep text prompts and their projections are fp32.
+Precision as in the official code (docs/methods.md §2.5): the layer-0 context and ``proj`` take the method's
+``param_dtype`` (fp16 in ``fp16_faithful``: the reference builds ctx from the fp16 embeddings and calls
+``proj.half()``); the deep text prompts and their projections are fp32 masters in every mode (cast in the towers).
 The J−1 deep projections start from one shared initialisation (the reference deep-copies a single Linear).
 """
 
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dplbench.engine.method import TRAINABLE, PromptMethod, StepState, register_method
-from dplbench.engine.prompts import INIT_STD, TextPromptLearner, clamp_depth
+from dplbench.engine.prompts import INIT_STD, MASTER_DTYPE, TextPromptLearner, clamp_depth
 from dplbench.engine.recipes import Recipe
 
 LR, BATCH = 0.0035, 4
@@ -43,7 +44,7 @@ class MaPLeOptions:
 
 
 def _normal_prompt(shape: tuple[int, ...], device: torch.device) -> nn.Parameter:
-    t = torch.empty(shape, dtype=torch.float32)
+    t = torch.empty(shape, dtype=MASTER_DTYPE)
     nn.init.normal_(t, std=INIT_STD)
     return nn.Parameter(t.to(device))
 
@@ -65,7 +66,7 @@ class MaPLe(PromptMethod):
         # same parameter creation order as the reference: proj, deep text prompts, then the deep projections
         self.proj = nn.Linear(d_t, d_v).to(device=device, dtype=self.param_dtype)
         self.deep_text = nn.ParameterList([_normal_prompt((o.n_ctx, d_t), device) for _ in range(depth - 1)])
-        coupling = nn.Linear(d_t, d_v).to(device)
+        coupling = nn.Linear(d_t, d_v).to(device=device, dtype=MASTER_DTYPE)
         self.deep_proj = nn.ModuleList([copy.deepcopy(coupling) for _ in range(depth - 1)])
         self.depth = depth
 
@@ -109,6 +110,4 @@ class MaPLe(PromptMethod):
     def faithfulness(self) -> dict[str, Any]:
         return {**super().faithfulness(), "loss": "ce", "depth_used": self.depth,
                 "coupling": f"Linear({self.backbone.text_width} -> {self.backbone.vision_width}) per prompted layer",
-                "context_tokens": "first n_ctx tokens of ctx_init; the rest of the phrase stays frozen",
-                "param_dtypes": {"ctx, proj": str(self.param_dtype).replace("torch.", ""),
-                                 "deep text prompts, deep projections": "float32"}}
+                "context_tokens": "first n_ctx tokens of ctx_init; the rest of the phrase stays frozen"}

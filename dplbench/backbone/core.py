@@ -9,6 +9,7 @@ All tensors passed in are moved to ``backbone.device``; the towers run inside ``
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -122,13 +123,25 @@ class Backbone:
 
     @property
     def prompt_dtype(self) -> torch.dtype:
-        """dtype for a method's learnable prompts (fp16 in fp16_faithful, else fp32 masters)."""
+        """dtype of a method's layer-0 text context (fp16 in fp16_faithful, else fp32); deep and vision prompts are
+        fp32 masters in every mode (docs/methods.md §2.5)."""
         return self.precision_mode.prompt_dtype
 
     @property
     def stream_dtype(self) -> torch.dtype:
         """dtype of the token stream inside the towers (and of embed_tokens, captured attn/hidden)."""
         return self.precision_mode.stream_dtype
+
+    def with_precision(self, precision: str) -> Backbone:
+        """This backbone in another precision mode: ``self`` if it already runs in ``precision``, else a frozen copy
+        of the model (both towers) cast for that mode. The copy starts from the weights as held here, so an fp32
+        copy of an fp16 backbone computes in fp32 on fp16-rounded weights."""
+        if precision == self.precision:
+            return self
+        model = copy.deepcopy(self.model).float()
+        return Backbone.from_model(model, self._tokenizer, name=self.name, pretrained=self.pretrained,
+                                   precision=precision, device=self.device, model_config=self.model_config,
+                                   checkpoint=self.checkpoint, weights_file=self.weights_file)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The precision mode's autocast context (no-op for fp32 and fp16_faithful)."""

@@ -9,9 +9,10 @@ Sources, in order of precedence:
 - an open_clip model name with a ``pretrained`` tag: the weights file is looked up in the local caches only
   (``cache_dir`` if given, else ``~/.cache/clip`` and the Hugging Face hub cache); absent -> WeightsNotFoundError.
   Without a tag, the catalog's default tag of that name is used (ViT-B-16 -> openai); ``pretrained=random``
-  builds a randomly initialised model (tests, benchmarks).
+  builds a randomly initialised model (tests, benchmarks) of the architecture of the catalog's tag.
 
-OpenAI weights get QuickGELU (``force_quick_gelu``) and the activation is checked after building.
+OpenAI weights get QuickGELU (``force_quick_gelu``), so does a random-init OpenAI architecture (ViT-B-16, ViT-B-32,
+ViT-L-14); the activation is checked after building.
 """
 
 from __future__ import annotations
@@ -75,6 +76,11 @@ def _open_clip_backbone(name: str, pretrained: str | None, checkpoint: str | Non
         if not tag_cfg:
             raise UnknownNameError(f"pretrained tag of {model_name}", pretrained,
                                    [*open_clip.list_pretrained_tags_by_model(model_name), RANDOM_INIT])
+    # the architecture a tag implies (activation, normalisation); random init keeps the catalog tag's, so a random
+    # ViT-B-16 is OpenAI's QuickGELU architecture (what tests and benchmarks mean to time)
+    arch_cfg = tag_cfg
+    if pretrained == RANDOM_INIT and _catalog_default_tag(model_name):
+        arch_cfg = open_clip.get_pretrained_cfg(model_name, _catalog_default_tag(model_name))
     if checkpoint:
         weights = Path(checkpoint).expanduser()
         if not weights.is_file():
@@ -84,8 +90,8 @@ def _open_clip_backbone(name: str, pretrained: str | None, checkpoint: str | Non
     else:
         weights = None
 
-    quick_gelu = bool(tag_cfg.get("quick_gelu", False))
-    preprocess = {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg}
+    quick_gelu = bool(arch_cfg.get("quick_gelu", False))
+    preprocess = {k: arch_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in arch_cfg}
     with _hub_offline():
         model = open_clip.create_model(model_name, pretrained=None, precision="fp32", device="cpu",
                                        force_quick_gelu=quick_gelu, force_preprocess_cfg=preprocess or None)

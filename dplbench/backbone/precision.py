@@ -1,11 +1,13 @@
 """Precision modes and device selection for the frozen backbone (docs/methods.md §2.5, §3.6).
 
-| mode            | frozen matmul weights | residual stream | autocast | prompts (method's job) |
-|-----------------|-----------------------|-----------------|----------|------------------------|
-| `fp32`          | fp32                  | fp32            | off      | fp32                   |
-| `amp_bf16`      | bf16                  | fp32            | bf16     | fp32 master            |
-| `amp_fp16`      | fp16                  | fp32            | fp16     | fp32 master + GradScaler (engine) |
-| `fp16_faithful` | fp16                  | fp16            | off      | fp16 (OpenAI's `convert_weights` setup) |
+| mode            | frozen matmul weights | residual stream | autocast | prompts (method's job)               |
+|-----------------|-----------------------|-----------------|----------|--------------------------------------|
+| `fp32`          | fp32                  | fp32            | off      | fp32                                 |
+| `amp_bf16`      | bf16                  | fp32            | bf16     | fp32 master                          |
+| `amp_fp16`      | fp16                  | fp32            | fp16     | fp32 master + GradScaler (engine)    |
+| `fp16_faithful` | fp16                  | fp16            | off      | layer-0 text ctx fp16, others fp32 ¹ |
+
+¹ as the official code: deep text prompts and vision prompts are fp32 parameters cast to fp16 in the forward pass.
 
 "Matmul weights" are those of Conv/Linear/MultiheadAttention layers and the two projections (what open_clip's
 ``convert_weights_to_lp`` casts); LayerNorms always compute in fp32 and embeddings stay fp32, as in OpenAI's
@@ -44,7 +46,8 @@ class Precision:
 
     @property
     def prompt_dtype(self) -> torch.dtype:
-        """dtype a method should give its learnable prompts in this mode."""
+        """dtype of the learnable tensors the official code creates in CLIP's dtype (the layer-0 text context);
+        deep and vision prompts stay fp32 masters in every mode (docs/methods.md §2.5)."""
         return torch.float16 if self.name == "fp16_faithful" else torch.float32
 
 

@@ -43,13 +43,20 @@ class DeepPromptedMethod(PromptMethod):
                  context: Any = None):
         super().__init__(backbone, classnames, dataset_name, options, context)
         o = self.options
-        check_ctx_options(o.n_ctx_text, o.ctx_init, backbone, "n_ctx_text")
+        partial = self.partial_ctx_init
+        if not partial:
+            check_ctx_options(o.n_ctx_text, o.ctx_init, backbone, "n_ctx_text")
         depth_t = clamp_depth(o.depth_text, backbone.text_layers, "depth_text", self.notes)
         depth_v = clamp_depth(o.depth_vision, backbone.vision_layers, "depth_vision", self.notes)
         self.text_prompts = TextPromptLearner(backbone, self.classnames, n_ctx=o.n_ctx_text, ctx_init=o.ctx_init,
-                                              depth=depth_t, dtype=self.param_dtype)
-        self.vision_prompts = VisionPromptLearner(backbone, n_ctx=o.n_ctx_vision, depth=depth_v,
-                                                  dtype=self.param_dtype)
+                                              depth=depth_t, dtype=self.param_dtype, partial_init=partial)
+        self.vision_prompts = VisionPromptLearner(backbone, n_ctx=o.n_ctx_vision, depth=depth_v)
+
+    @property
+    def partial_ctx_init(self) -> bool:
+        """Whether only the first ``n_ctx_text`` tokens of ``ctx_init`` become the layer-0 context (the rest of the
+        phrase stays as frozen tokens); False here: M must equal the phrase's token count (IVLP overrides)."""
+        return False
 
     def build_class_state(self) -> None:
         self.text_prompts.set_classnames(self.classnames)

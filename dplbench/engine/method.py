@@ -8,6 +8,7 @@ it through ``training_step`` / ``logits`` / ``on_epoch_end``; unit execution swi
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,7 +117,10 @@ class PromptMethod(nn.Module):
 
     @property
     def param_dtype(self) -> torch.dtype:
-        """fp16 learnable prompts in the faithful fp16 mode, fp32 master prompts otherwise."""
+        """dtype of the parameters the official code builds in CLIP's dtype: the layer-0 text context (CoOp, CoCoOp,
+        KgCoOp, IVLP, PromptSRC, MaPLe), CoCoOp's meta-net and MaPLe's layer-0 projection. fp16 in
+        ``fp16_faithful``, fp32 otherwise. Deep text prompts and vision prompts are fp32 masters in every mode
+        (:data:`dplbench.engine.prompts.MASTER_DTYPE`; docs/methods.md §2.5)."""
         return torch.float16 if self.backbone.precision == "fp16_faithful" else torch.float32
 
     @property
@@ -213,7 +217,13 @@ class PromptMethod(nn.Module):
     def options_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.options)
 
+    def param_dtypes(self) -> dict[str, str]:
+        """dtype of each learned tensor, layer indices folded (``text_prompts.deep.*`` -> ``float32``)."""
+        return {re.sub(r"\.\d+(?=\.|$)", ".*", k): str(p.dtype).replace("torch.", "")
+                for k, p in self.named_parameters()}
+
     def faithfulness(self) -> dict[str, Any]:
         """Faithfulness flags recorded in every result (subclasses extend)."""
         return {"method": self.name, "options": self.options_dict(), "precision": self.backbone.precision,
-                "recipe_family": self.context.recipe, **({"adjustments": dict(self.notes)} if self.notes else {})}
+                "param_dtypes": self.param_dtypes(), "recipe_family": self.context.recipe,
+                **({"adjustments": dict(self.notes)} if self.notes else {})}

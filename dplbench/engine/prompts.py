@@ -8,7 +8,12 @@
   :meth:`TextPromptLearner.set_classnames` and never saved.
 - :class:`VisionPromptLearner`: n learnable tokens appended after the patch tokens (before ``ln_pre``) plus deep
   vision prompts that replace the last n tokens before blocks 1..depth-1.
-- :func:`check_ctx_options` and :func:`clamp_depth`: the checks of the context / depth options these take.
+- Precision (docs/methods.md §2.5): the layer-0 text context takes the method's context dtype (fp16 in
+  ``fp16_faithful``, as the official code builds it from the fp16 embedding table); deep text prompts and every
+  vision prompt are :data:`MASTER_DTYPE` parameters in every mode, cast to the stream dtype inside the towers, as
+  the official IVLP/PromptSRC/MaPLe code keeps them.
+- :func:`check_ctx_options`, :func:`check_context_layout` and :func:`clamp_depth`: the checks of the context /
+  depth options these take.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from dplbench.errors import ConfigError
 
 CLASS_POSITIONS = ("end", "middle", "front")
 INIT_STD = 0.02
+MASTER_DTYPE = torch.float32  # deep text prompts and vision prompts: fp32 masters in every precision mode
 
 
 def clamp_depth(depth: int, layers: int, what: str, notes: dict[str, Any]) -> int:
@@ -43,6 +49,14 @@ def check_ctx_options(n_ctx: int, ctx_init: str, backbone: Any, what: str = "n_c
                               f"set {what}={tokens} or ctx_init='' for a random init")
 
 
+def check_context_layout(ctx_init: str, class_specific: bool) -> None:
+    """Class-specific contexts need a random init: with a ``ctx_init`` the official CoOp learns one shared context
+    and silently ignores CSC, so that combination is a user mistake here rather than a third behaviour."""
+    if class_specific and ctx_init.strip():
+        raise ConfigError(f"class_specific=true needs ctx_init='' (random init): with ctx_init {ctx_init.strip()!r} "
+                          "the official CoOp ignores class-specific contexts and learns one shared context")
+
+
 def _normal(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> nn.Parameter:
     t = torch.empty(shape, dtype=torch.float32)
     nn.init.normal_(t, std=INIT_STD)
@@ -60,6 +74,7 @@ class TextPromptLearner(nn.Module):
             raise ConfigError(f"class_position must be one of {', '.join(CLASS_POSITIONS)}, got {class_position!r}")
         if depth > 1 and class_position != "end":
             raise ConfigError("deep text prompts replace positions 1..M and need class_position=end")
+        check_context_layout(ctx_init, class_specific)
         self.__dict__["backbone"] = backbone  # frozen, not a submodule
         dtype = dtype or backbone.prompt_dtype
         device = backbone.device
@@ -86,8 +101,8 @@ class TextPromptLearner(nn.Module):
             self.ctx = _normal(shape, dtype, device)
         self.n_ctx = n_ctx
         self.depth = depth
-        # deep prompts for layers 1..depth-1 (layer 0 is self.ctx)
-        self.deep = nn.ParameterList([_normal((n_ctx, backbone.text_width), dtype, device)
+        # deep prompts for layers 1..depth-1 (layer 0 is self.ctx): fp32 masters whatever the context dtype
+        self.deep = nn.ParameterList([_normal((n_ctx, backbone.text_width), MASTER_DTYPE, device)
                                       for _ in range(depth - 1)])
         self.prompt_prefix = self.ctx_init if self.ctx_init else " ".join(["X"] * n_ctx)
         self.set_classnames(classnames)
@@ -144,18 +159,18 @@ class TextPromptLearner(nn.Module):
 
 
 class VisionPromptLearner(nn.Module):
-    """``n`` visual prompt tokens at the input (``ctx``) plus deep prompts for layers 1..depth-1."""
+    """``n`` visual prompt tokens at the input (``ctx``) plus deep prompts for layers 1..depth-1, all
+    :data:`MASTER_DTYPE` parameters (cast to the stream dtype by the vision tower)."""
 
-    def __init__(self, backbone: Any, *, n_ctx: int = 4, depth: int = 1, dtype: torch.dtype | None = None):
+    def __init__(self, backbone: Any, *, n_ctx: int = 4, depth: int = 1):
         super().__init__()
         if n_ctx < 1:
             raise ConfigError(f"n_ctx_vision must be >= 1, got {n_ctx}")
-        dtype = dtype or backbone.prompt_dtype
         width, device = backbone.vision_width, backbone.device
         self.n_ctx = n_ctx
         self.depth = depth
-        self.ctx = _normal((n_ctx, width), dtype, device)
-        self.deep = nn.ParameterList([_normal((n_ctx, width), dtype, device) for _ in range(depth - 1)])
+        self.ctx = _normal((n_ctx, width), MASTER_DTYPE, device)
+        self.deep = nn.ParameterList([_normal((n_ctx, width), MASTER_DTYPE, device) for _ in range(depth - 1)])
 
     def deep_prompts(self) -> list[Tensor | None] | None:
         return [None, *self.deep] if self.depth > 1 else None

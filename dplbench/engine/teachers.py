@@ -20,21 +20,26 @@ from dplbench.engine.cache import feature_cache, frozen_text_features
 
 class FrozenTeacher:
     """Normalised teacher features of one frozen backbone. The text teacher of the last (classes, templates) is
-    kept, so a method can ask for it every step; a new label space or template list recomputes it."""
+    kept, so a method can ask for it every step; a new label space or template list recomputes it.
 
-    def __init__(self, backbone: Any, cache_dir: str | os.PathLike | None):
+    ``text_precision`` (a precision mode; None = the backbone's) runs the text teacher in another mode, on a
+    temporary copy of the backbone (:meth:`dplbench.backbone.Backbone.with_precision`) that is dropped once the
+    features are computed (KgCoOp's official teacher is fp16 whatever the student's precision, §4.4)."""
+
+    def __init__(self, backbone: Any, cache_dir: str | os.PathLike | None, text_precision: str | None = None):
         self.backbone = backbone
         self.cache_dir = cache_dir
+        self.text_precision = text_precision or backbone.precision
         self._text_key: tuple[tuple[str, ...], tuple[str, ...]] | None = None
         self._text: torch.Tensor | None = None
 
     def text(self, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
-        """[C, E] fp32: the normalised template-mean of the frozen text features of ``classnames``."""
+        """[C, E] fp32 on the backbone device: the normalised template-mean of the frozen text features."""
         key = (tuple(classnames), tuple(templates))
         if self._text is None or key != self._text_key:
-            feats = frozen_text_features(self.backbone, list(classnames), list(templates),
-                                         feature_cache(self.cache_dir))
-            self._text, self._text_key = F.normalize(feats.float(), dim=-1), key
+            teacher = self.backbone.with_precision(self.text_precision)
+            feats = frozen_text_features(teacher, list(classnames), list(templates), feature_cache(self.cache_dir))
+            self._text, self._text_key = F.normalize(feats.float(), dim=-1).to(self.backbone.device), key
         return self._text
 
     @torch.no_grad()

@@ -1,19 +1,34 @@
 """Base class of the CoOp family (docs/methods.md §4.2, §4.4): a learnable text context, a prompt-free image tower.
 
 The image features do not depend on the learned state, so test-image features are cacheable
-(``FROZEN_IMAGE_TOWER``). Subclasses set ``Options`` (with ``n_ctx``, ``ctx_init``, ``class_position``,
-``class_specific``) and add their loss terms to :meth:`TextPromptedMethod.ce_step`.
+(``FROZEN_IMAGE_TOWER``). Subclasses set ``Options`` (a :class:`TextContextOptions`, whose checks run when the
+options are built, so ``build_config`` rejects bad combinations before anything starts) and add their loss terms
+to :meth:`TextPromptedMethod.ce_step`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from dplbench.engine.method import FROZEN_IMAGE_TOWER, TRAINABLE, PromptMethod, StepState
-from dplbench.engine.prompts import TextPromptLearner, check_ctx_options
+from dplbench.engine.prompts import TextPromptLearner, check_context_layout, check_ctx_options
+
+
+@dataclass
+class TextContextOptions:
+    """The context options of the family (defaults: CoOp's base-to-novel M=4 from "a photo of a")."""
+
+    n_ctx: int = 4                   # M; must equal the token count of ctx_init when ctx_init is set
+    ctx_init: str = "a photo of a"   # "" = random N(0, 0.02) init
+    class_position: str = "end"      # end | middle | front
+    class_specific: bool = False     # CSC: one context per class (needs ctx_init="")
+
+    def __post_init__(self) -> None:
+        check_context_layout(self.ctx_init, self.class_specific)
 
 
 class TextPromptedMethod(PromptMethod):
