@@ -89,8 +89,8 @@ def _spread(values: list[float]) -> str:
     return f"{statistics.median(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
 
 
-def bench_paths(bb: Backbone, label: str, batch: int, reps: int, n_prompts: int = 4, capture: int | None = None
-                ) -> None:
+def bench_paths(bb: Backbone, label: str, batch: int, reps: int, n_prompts: int = 4, capture: int | None = None,
+                vision_only: bool = False) -> None:
     """Interleaved before/after forward+backward timings of both prompted towers (see the module docstring)."""
     dev = bb.device
     g = torch.Generator().manual_seed(0)
@@ -131,6 +131,8 @@ def bench_paths(bb: Backbone, label: str, batch: int, reps: int, n_prompts: int 
     variants = {"vision+prompts before": before(vision), "vision+prompts after": vision,
                 "text+ctx before": before(text), "text+ctx after": text,
                 "image official": official_image, "image ours": ours_image}
+    if vision_only:
+        variants = {k: v for k, v in variants.items() if k.startswith("vision")}
     for fn in variants.values():  # warm-up
         fn()
     times: dict[str, list[float]] = {k: [] for k in variants}
@@ -154,6 +156,8 @@ def bench_paths(bb: Backbone, label: str, batch: int, reps: int, n_prompts: int 
     for name, b_key, a_key in (("vision tower, prompts", "vision+prompts before", "vision+prompts after"),
                                ("text tower, context", "text+ctx before", "text+ctx after"),
                                ("vision, official vs ours", "image official", "image ours")):
+        if b_key not in times:
+            continue
         ratios = [b / a for b, a in zip(times[b_key], times[a_key])]
         print(f"| {name:<24} | {statistics.median(times[b_key]):18.3f} | {statistics.median(times[a_key]):17.3f} "
               f"| {_spread(ratios):>35} |")
@@ -170,6 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--paths", action="store_true", help="only the before/after block-path comparison")
     parser.add_argument("--model", default="ViT-B-16", help="ViT-B-16 (random init) or toy (--paths only)")
     parser.add_argument("--capture", type=int, default=None, help="--paths: a vision layer run with probabilities")
+    parser.add_argument("--vision-only", action="store_true", help="--paths: only the prompted vision tower")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     import open_clip
@@ -183,7 +188,8 @@ def main(argv: list[str] | None = None) -> None:
             model = open_clip.create_model(args.model, pretrained=None, force_quick_gelu=True)
             bb = Backbone.from_model(model, name=args.model, precision=args.precision, device=args.device)
             label = f"{args.model} (random init, QuickGELU)"
-        bench_paths(bb, f"{label}, precision={bb.precision}", args.image_batch, args.reps, capture=args.capture)
+        bench_paths(bb, f"{label}, precision={bb.precision}", args.image_batch, args.reps, capture=args.capture,
+                    vision_only=args.vision_only)
         return
     model = open_clip.create_model("ViT-B-16", pretrained=None, force_quick_gelu=True)
     bb = Backbone.from_model(model, name="ViT-B-16", precision=args.precision, device=args.device)
