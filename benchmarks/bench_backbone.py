@@ -3,20 +3,30 @@
 Text tower: 100 class prompts "a photo of a {name}." with a learnable 4x512 context at positions 1..4 (the
 tokens of "a photo of a"), forward and forward+backward, EOT-truncated vs the full 77 positions.
 Image tower: forward throughput (no grad) at batch 32.
+Block paths (``--paths``): forward+backward of the prompted vision tower (and the prompted text tower) with
+the fused attention blocks ("after") against open_clip's own blocks, i.e. ``ResidualAttentionBlock.forward`` and
+``nn.MultiheadAttention`` ("before", the implementation up to this change), plus open_clip's official
+``visual(images)`` against ours at equal sequence length (no prompts, gradients to the images). The variants
+run interleaved in shuffled order in every repetition, so a shared, loaded machine slows them alike; the
+table gives medians, and per-repetition ratios as median [min, max].
 
     python benchmarks/bench_backbone.py [--device cpu] [--threads 2] [--reps 2] [--precision fp32]
+    python benchmarks/bench_backbone.py --paths --threads 1 --reps 7 --image-batch 8 [--model toy]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import random
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
-from dplbench.backbone import Backbone, splice_context
+from dplbench.backbone import Backbone, BackboneConfig, create_backbone, splice_context, towers
 
 CLASSNAMES = [
     "apple", "aquarium fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
@@ -52,6 +62,108 @@ def timed(fn: Callable[[], object], reps: int, device: torch.device, warmup: int
     return statistics.median(times)
 
 
+def open_clip_run_block(block, x, causal, need_weights):
+    """The "before" block path: open_clip's ``block.forward`` (uncaptured layers) and
+    ``nn.MultiheadAttention(need_weights=True)`` (captured layers); signature of ``towers.run_block``."""
+    s = x.shape[1]
+    mask = torch.full((s, s), float("-inf"), dtype=x.dtype, device=x.device).triu(1) if causal else None
+    if not need_weights:
+        return block(x, attn_mask=mask), None
+    h = block.ln_1(x)
+    a, weights = block.attn(h, h, h, need_weights=True, average_attn_weights=False, attn_mask=mask)
+    x = x + block.ls_1(a)
+    return x + block.ls_2(block.mlp(block.ln_2(x))), weights
+
+
+@contextlib.contextmanager
+def open_clip_blocks() -> Iterator[None]:
+    fused = towers.run_block
+    towers.run_block = open_clip_run_block
+    try:
+        yield
+    finally:
+        towers.run_block = fused
+
+
+def _spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
+
+
+def bench_paths(bb: Backbone, label: str, batch: int, reps: int, n_prompts: int = 4, capture: int | None = None,
+                vision_only: bool = False) -> None:
+    """Interleaved before/after forward+backward timings of both prompted towers (see the module docstring)."""
+    dev = bb.device
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 3, bb.image_size, bb.image_size, generator=g).to(dev)
+    prompts = (torch.randn(n_prompts, bb.vision_width, generator=g) * 0.02).to(dev).requires_grad_(True)
+    deep = [None] + [(torch.randn(n_prompts, bb.vision_width, generator=g) * 0.02).to(dev).requires_grad_(True)
+                     for _ in range(min(8, bb.vision_layers) - 1)]
+    ids = bb.tokenize([f"a photo of a {name}." for name in CLASSNAMES])
+    token_embeds = bb.embed_tokens(ids)
+    ctx = token_embeds[0, 1:1 + N_CTX].detach().clone().requires_grad_(True)
+    capture_set = {capture} if capture is not None else None
+
+    def vision() -> None:
+        prompts.grad = None
+        bb.encode_image(images, prompts=prompts, deep_prompts=deep, capture=capture_set).features.square().mean(
+            ).backward()
+
+    def text() -> None:
+        ctx.grad = None
+        bb.encode_text(ids, embeddings=splice_context(token_embeds, ctx)).features.square().mean().backward()
+
+    pixels = images.clone().requires_grad_(True)
+
+    def official_image() -> None:
+        pixels.grad = None
+        bb.model.visual(pixels).square().mean().backward()
+
+    def ours_image() -> None:
+        pixels.grad = None
+        bb.encode_image(pixels).features.square().mean().backward()
+
+    def before(fn: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            with open_clip_blocks():
+                fn()
+        return run
+
+    variants = {"vision+prompts before": before(vision), "vision+prompts after": vision,
+                "text+ctx before": before(text), "text+ctx after": text,
+                "image official": official_image, "image ours": ours_image}
+    if vision_only:
+        variants = {k: v for k, v in variants.items() if k.startswith("vision")}
+    for fn in variants.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    order = list(variants)
+    rng = random.Random(0)
+    for _ in range(reps):
+        rng.shuffle(order)
+        for key in order:
+            _sync(dev)
+            start = time.perf_counter()
+            variants[key]()
+            _sync(dev)
+            times[key].append(time.perf_counter() - start)
+    seq_v = bb.vision_tokens + n_prompts
+    print(f"{label}: batch {batch} images, {n_prompts} vision prompts at {len(deep)} layers "
+          f"(S={seq_v}){'' if capture is None else f', layer {capture} captured'}; text 100 prompts; "
+          f"threads={torch.get_num_threads()}, reps={reps}, load average {os.getloadavg()[0]:.1f} at the end")
+    print()
+    print("| forward+backward         | before (s, median) | after (s, median) | speed-up per rep: median [min, max] |")
+    print("|--------------------------|--------------------|-------------------|-------------------------------------|")
+    for name, b_key, a_key in (("vision tower, prompts", "vision+prompts before", "vision+prompts after"),
+                               ("text tower, context", "text+ctx before", "text+ctx after"),
+                               ("vision, official vs ours", "image official", "image ours")):
+        if b_key not in times:
+            continue
+        ratios = [b / a for b, a in zip(times[b_key], times[a_key])]
+        print(f"| {name:<24} | {statistics.median(times[b_key]):18.3f} | {statistics.median(times[a_key]):17.3f} "
+              f"| {_spread(ratios):>35} |")
+    print()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -59,11 +171,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--image-batch", type=int, default=32)
+    parser.add_argument("--paths", action="store_true", help="only the before/after block-path comparison")
+    parser.add_argument("--model", default="ViT-B-16", help="ViT-B-16 (random init) or toy (--paths only)")
+    parser.add_argument("--capture", type=int, default=None, help="--paths: a vision layer run with probabilities")
+    parser.add_argument("--vision-only", action="store_true", help="--paths: only the prompted vision tower")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     import open_clip
 
     torch.manual_seed(0)
+    if args.paths:
+        if args.model == "toy":
+            bb = create_backbone(BackboneConfig(name="toy", precision=args.precision), args.device)
+            label = "toy CLIP"
+        else:
+            model = open_clip.create_model(args.model, pretrained=None, force_quick_gelu=True)
+            bb = Backbone.from_model(model, name=args.model, precision=args.precision, device=args.device)
+            label = f"{args.model} (random init, QuickGELU)"
+        bench_paths(bb, f"{label}, precision={bb.precision}", args.image_batch, args.reps, capture=args.capture,
+                    vision_only=args.vision_only)
+        return
     model = open_clip.create_model("ViT-B-16", pretrained=None, force_quick_gelu=True)
     bb = Backbone.from_model(model, name="ViT-B-16", precision=args.precision, device=args.device)
     dev = bb.device

@@ -44,7 +44,7 @@ class _UnitRun:
                  checkpoint_path: str | os.PathLike | None):
         import torch
 
-        from dplbench.backbone import create_backbone
+        from dplbench.backbone.reuse import reusable_backbone
         from dplbench.backbone.precision import resolve_device
         from dplbench.catalog import DATASETS, METHODS
         from dplbench.data.transforms import DEFAULT_CROP_SCALE, build_transform, describe_transform
@@ -69,8 +69,9 @@ class _UnitRun:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         seed_everything(BACKBONE_INIT_SEED)  # a randomly initialised backbone is the same in every unit
-        self.backbone = create_backbone(replace(settings.backbone, cache_dir=runtime.weights_cache_dir),
-                                        self.device)
+        # a worker that runs several units keeps the last backbone (dplbench/backbone/reuse.py)
+        self.backbone = reusable_backbone(replace(settings.backbone, cache_dir=runtime.weights_cache_dir),
+                                          self.device)
         self.method_cls = METHODS.get(unit.method)
         self.recipe = resolve_unit_recipe(unit)
         bb = self.backbone

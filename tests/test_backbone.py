@@ -77,6 +77,49 @@ def test_vit_b16_towers_equal_open_clip(vitb16):
     with torch.no_grad():
         _close(vitb16.encode_text(ids).features, vitb16.model.encode_text(ids))
         _close(vitb16.encode_image(imgs).features, vitb16.model.encode_image(imgs))
+        # captured layers (explicit softmax) and SDPA layers agree at real widths too
+        _close(vitb16.encode_image(imgs, capture={0, 11}).features, vitb16.model.encode_image(imgs))
+
+
+def _prompted_outputs(backbone: Backbone, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Both towers with shallow + deep prompts, a hook and captured layers 0 and 2; features, captures and the
+    prompts' gradients."""
+    g = torch.Generator().manual_seed(seed)
+    ids = backbone.tokenize(TEXTS)
+    imgs = _images(backbone, 2, seed)
+    ctx, t_deep = (torch.randn(4, backbone.text_width, generator=g).requires_grad_() for _ in range(2))
+    v_prompt, v_deep = (torch.randn(2, backbone.vision_width, generator=g).requires_grad_() for _ in range(2))
+    hook = lambda j, h, a: h * 1.1 if a is not None else h  # noqa: E731 - touches the captured layers only
+    last = backbone.text_layers - 1
+    text = backbone.encode_text(ids, embeddings=splice_context(backbone.embed_tokens(ids), ctx),
+                                deep_prompts=[None, t_deep], hook=hook, capture={0, last})
+    image = backbone.encode_image(imgs, prompts=v_prompt, deep_prompts=[None, v_deep], hook=hook, capture={0, last})
+    (image.features @ text.features.T).square().sum().backward()
+    out = {"text": text.features, "image": image.features}
+    for tower, result in (("text", text), ("image", image)):
+        out |= {f"{tower}.attn{j}": a for j, a in result.attn.items()}
+        out |= {f"{tower}.hidden{j}": h for j, h in result.hidden.items()}
+    return out | {f"grad{i}": p.grad for i, p in enumerate((ctx, t_deep, v_prompt, v_deep))}
+
+
+def test_fused_blocks_equal_the_open_clip_block_path(tiny, monkeypatch, legacy_run_block):
+    """Fused attention (packed F.linear + SDPA / explicit softmax) == open_clip's blocks and MultiheadAttention,
+    with prompts, deep prompts, a hook and captures; forward and the prompts' gradients."""
+    fused = _prompted_outputs(tiny)
+    monkeypatch.setattr(towers, "run_block", legacy_run_block)
+    legacy = _prompted_outputs(tiny)
+    assert fused.keys() == legacy.keys() and len(fused) == 2 + 8 + 4
+    for key in fused:
+        _close(fused[key], legacy[key])
+
+
+def test_fused_blocks_do_not_call_multihead_attention(tiny, monkeypatch):
+    """The speed-up is real only if nn.MultiheadAttention (transposes, expanded-weight bmm) is bypassed."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError("nn.MultiheadAttention.forward called")
+
+    monkeypatch.setattr(torch.nn.MultiheadAttention, "forward", forbidden)
+    _prompted_outputs(tiny)
 
 
 # ---- text tower: truncation, deep prompts, capture, hook ----------------------------------------------------------
@@ -131,7 +174,7 @@ def test_text_deep_prompt_semantics(tiny):
         # exact placement: block 1 sees layer 0's output with positions 1..n replaced by p1
         x_in = torch.cat([depth2.hidden[0][:, :1], p1.expand(3, -1, -1), depth2.hidden[0][:, 1 + n:]], dim=1)
         seq = x_in.shape[1]
-        x_out, _ = towers.run_block(tiny.model.transformer.resblocks[1], x_in, tiny.model.attn_mask[:seq, :seq], False)
+        x_out, _ = towers.run_block(tiny.model.transformer.resblocks[1], x_in, True, False)
         _close(x_out, depth2.hidden[1])
         # per-sample prompts [N, n, D] broadcast the same way as a shared one
         _close(tiny.encode_text(ids, embeddings=emb, deep_prompts=[None, p1.expand(3, -1, -1)]).features,
@@ -200,7 +243,7 @@ def test_vision_prompts(tiny):
         _close(deep.hidden[0], deep_b.hidden[0], tol=0)
         # block 1 sees layer 0's output with its last n tokens replaced
         x_in = torch.cat([deep.hidden[0][:, :-2], p1.expand(2, -1, -1)], dim=1)
-        x_out, _ = towers.run_block(tiny.model.visual.transformer.resblocks[1], x_in, None, False)
+        x_out, _ = towers.run_block(tiny.model.visual.transformer.resblocks[1], x_in, False, False)
         _close(x_out, deep.hidden[1])
     with pytest.raises(ValueError):
         tiny.encode_image(imgs, deep_prompts=[None, p1])                       # no layer-0 prompts

@@ -94,6 +94,29 @@ def test_builds_and_one_training_step_is_finite(name, tiny_backbone):
     assert any(not torch.equal(before[k], after[k]) for k in before), "one training step changed nothing"
 
 
+def _step_and_logits(name: str, backbone) -> dict[str, torch.Tensor]:
+    method = build(name, backbone)
+    out = {"logits_before": eval_logits(method)}
+    if TRAINABLE in method.capabilities:
+        terms = train_one_step(method, backbone)
+        out |= {f"loss/{k}": v.detach() for k, v in terms.items() if torch.is_tensor(v)}
+    out |= {f"param{i}": p.detach().clone() for i, p in enumerate(method.trainable_parameters())}
+    return out | {"logits": eval_logits(method)}
+
+
+def test_fused_tower_blocks_keep_the_method_math(name, tiny_backbone, monkeypatch, legacy_run_block):
+    """One training step (loss terms, updated prompts) and the evaluation logits are the same with the fused
+    attention blocks as with open_clip's own block/MultiheadAttention path (docs/methods.md §2.2-2.4)."""
+    from dplbench.backbone import towers
+
+    fused = _step_and_logits(name, tiny_backbone)
+    monkeypatch.setattr(towers, "run_block", legacy_run_block)
+    legacy = _step_and_logits(name, tiny_backbone)
+    assert fused.keys() == legacy.keys()
+    for key in fused:
+        torch.testing.assert_close(fused[key], legacy[key], rtol=1e-5, atol=1e-5, msg=f"{name}: {key}")
+
+
 def test_learned_state_round_trip_reproduces_logits(name, tiny_backbone):
     trained = build(name, tiny_backbone, seed=0)
     if TRAINABLE in trained.capabilities:

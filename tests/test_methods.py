@@ -358,3 +358,68 @@ def test_execute_few_shot_and_long_tail(exec_env):
     assert set(lt["metrics"]) == {"base", "novel", "hm"} and lt["faithfulness"]["data"]["imbalance"]["ratio"] == 10
     lift = execute_unit(exec_env.unit("long_tail_lift", "long_tail", "zsclip", shots=None), exec_env.runtime)
     assert set(lift["metrics"]) == {"overall", "many", "medium", "few"} and lift["metrics"]["few"] is not None
+
+
+def test_backbone_reuse_across_units_gives_identical_results(exec_env):
+    """Units run back to back in one worker with the kept backbone give bit-identical results to units that each
+    build their backbone afresh (random-init weights: the RNG state after building is restored too)."""
+    from dplbench.backbone import reuse
+    from dplbench.execute import execute_unit
+
+    units = [exec_env.unit("few_shot", "few_shot", "coop", shots=2), exec_env.unit("base2novel", "base2novel", "zsclip"),
+             exec_env.unit("base2novel", "base2novel", "coop")]
+
+    def run_all(keep: bool) -> list[dict]:
+        reuse.clear()
+        before = dict(reuse.stats)
+        outs = []
+        for unit in units:
+            if not keep:
+                reuse.clear()
+            out = execute_unit(unit, exec_env.runtime)
+            outs.append({"metrics": out["metrics"], "losses": [h["loss"] for h in out["history"]]})
+        builds = reuse.stats["builds"] - before["builds"]
+        assert builds == (1 if keep else len(units))
+        return outs
+
+    fresh = run_all(keep=False)
+    kept = run_all(keep=True)
+    assert kept == fresh and fresh[0]["losses"]
+
+
+def test_a_touched_backbone_is_not_reused(tiny_config):
+    from dplbench.backbone import reuse
+    from dplbench.config import BackboneConfig
+
+    cfg = BackboneConfig(name=tiny_config, pretrained="random", precision="fp32")
+    reuse.clear()
+    first = reuse.reusable_backbone(cfg, "cpu")
+    again = reuse.reusable_backbone(cfg, "cpu")
+    assert again.model is first.model and again is not first          # same frozen model, fresh wrapper
+    touches = [lambda m: m.train(), lambda m: next(m.parameters()).requires_grad_(True),
+               lambda m: torch.nn.init.zeros_(next(m.parameters())),
+               lambda m: m.visual.register_forward_hook(lambda *a: None)]
+    for touch in touches:
+        model = reuse.reusable_backbone(cfg, "cpu").model
+        touch(model)
+        rebuilt = reuse.reusable_backbone(cfg, "cpu")
+        assert rebuilt.model is not model and not rebuilt.model.training
+    other = reuse.reusable_backbone(BackboneConfig(name=tiny_config, pretrained="random", precision="amp_bf16"), "cpu")
+    assert other.precision == "amp_bf16"
+    reuse.clear()
+
+
+def test_reused_backbone_leaves_the_rng_as_a_fresh_build(tiny_config):
+    from dplbench.backbone import reuse
+    from dplbench.config import BackboneConfig
+    from dplbench.engine.seeding import seed_everything
+
+    cfg = BackboneConfig(name=tiny_config, pretrained="random", precision="fp32")
+    draws = []
+    reuse.clear()
+    for _ in range(2):  # a build, then a reuse
+        seed_everything(0)
+        reuse.reusable_backbone(cfg, "cpu")
+        draws.append((torch.rand(3), np.random.rand(), __import__("random").random()))
+    reuse.clear()
+    assert torch.equal(draws[0][0], draws[1][0]) and draws[0][1:] == draws[1][1:]

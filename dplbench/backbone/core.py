@@ -46,8 +46,19 @@ def check_supported(model: nn.Module, name: str) -> None:
         blocks = [*model.transformer.resblocks, *getattr(getattr(visual, "transformer", None), "resblocks", [])]
         if any(type(b) is not ResidualAttentionBlock for b in blocks):
             problems.append("transformer blocks are not plain ResidualAttentionBlocks")
+        elif not all(_packed_self_attention(b.attn) for b in blocks):
+            problems.append("attention is not plain packed q/k/v self-attention (the towers compute it from "
+                            "in_proj_weight/out_proj)")
+        mask = model.attn_mask
+        if mask is not None and not torch.equal(mask, torch.full_like(mask, float("-inf")).triu(1)):
+            problems.append("text attention mask is not causal")
     if problems:
         raise DplbenchError(f"backbone {name!r} cannot be used for prompt learning: {'; '.join(problems)}")
+
+
+def _packed_self_attention(attn: nn.Module) -> bool:
+    return (isinstance(attn, nn.MultiheadAttention) and attn._qkv_same_embed_dim and attn.bias_k is None
+            and attn.bias_v is None and not attn.add_zero_attn)
 
 
 def _square_size(size: Any) -> int:

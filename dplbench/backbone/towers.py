@@ -9,7 +9,8 @@ Both towers share one layer loop (:func:`run_blocks`) with three extension point
 - capture: for the layers in ``capture`` (a set of indices, or True for all) the block is run with explicit
   attention weights, and ``TowerOutput.attn[j]`` = softmax probabilities ``[N, H, S, S]`` (after the causal mask
   in the text tower) and ``TowerOutput.hidden[j]`` = the layer's output ``[N, S, D]`` (after the hook, i.e. what
-  block j+1 sees, before any deep-prompt replacement). Other layers use the block's own fused path.
+  block j+1 sees, before any deep-prompt replacement). Other layers use ``F.scaled_dot_product_attention``
+  (:func:`block_attention`; the blocks' weights, not their ``forward``, are used).
 - hook: ``hook(j, hidden, attn_or_None) -> hidden`` is applied to every block's output; ``attn`` is the captured
   attention of that layer or None when the layer is not captured.
 
@@ -24,6 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 LayerHook = Callable[[int, Tensor, "Tensor | None"], Tensor]
@@ -79,21 +81,44 @@ def _replace_prompt_tokens(x: Tensor, prompt: Tensor, at_end: bool) -> Tensor:
     return torch.cat([x[:, :1], p, x[:, 1 + n:]], dim=1)
 
 
-def run_block(block: nn.Module, x: Tensor, attn_mask: Tensor | None, need_weights: bool
-              ) -> tuple[Tensor, Tensor | None]:
-    """One open_clip ``ResidualAttentionBlock`` on ``x`` [N, S, D]; optionally with attention probabilities."""
-    batch_first = block.attn.batch_first
-    if not need_weights:
-        if batch_first:
-            return block(x, attn_mask=attn_mask), None
-        return block(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1), None
-    h = block.ln_1(x)
-    if not batch_first:
-        h = h.transpose(0, 1)
-    mask = attn_mask.to(h.dtype) if attn_mask is not None else None
-    a, weights = block.attn(h, h, h, need_weights=True, average_attn_weights=False, attn_mask=mask)
-    if not batch_first:
-        a = a.transpose(0, 1)
+def _split_heads(t: Tensor, heads: int) -> Tensor:
+    """[N, S, D] -> [N, H, S, D/H]."""
+    n, s, d = t.shape
+    return t.view(n, s, heads, d // heads).transpose(1, 2)
+
+
+def block_attention(attn: nn.MultiheadAttention, h: Tensor, causal: bool, need_weights: bool
+                    ) -> tuple[Tensor, Tensor | None]:
+    """Self-attention of ``attn`` on ``h`` [N, S, D] (eval mode: no dropout), computed batch-first.
+
+    q/k/v come from one ``F.linear`` on the packed ``in_proj_weight`` (a plain matmul on the contiguous stream;
+    ``nn.MultiheadAttention`` transposes batch-first inputs and, with gradients, runs the projection as a batched
+    matmul on an expanded weight). Without ``need_weights`` the heads go through
+    ``F.scaled_dot_product_attention``; with it, through an explicit softmax whose probabilities [N, H, S, S]
+    are returned (after the causal mask when ``causal``).
+    """
+    heads = attn.num_heads
+    q, k, v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    q, k, v = (_split_heads(t, heads) for t in (q, k, v))
+    if need_weights:
+        scores = (q * (q.shape[-1] ** -0.5)) @ k.transpose(-2, -1)
+        if causal:
+            s = scores.shape[-1]
+            scores = scores.masked_fill(torch.ones(s, s, dtype=torch.bool, device=scores.device).triu(1),
+                                        float("-inf"))
+        weights = scores.softmax(dim=-1)
+        out = weights @ v
+    else:
+        weights = None
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    out = out.transpose(1, 2).reshape(h.shape)
+    return F.linear(out, attn.out_proj.weight, attn.out_proj.bias), weights
+
+
+def run_block(block: nn.Module, x: Tensor, causal: bool, need_weights: bool) -> tuple[Tensor, Tensor | None]:
+    """One open_clip ``ResidualAttentionBlock`` on ``x`` [N, S, D] (causal self-attention for the text tower);
+    with ``need_weights`` also its attention probabilities [N, H, S, S]."""
+    a, weights = block_attention(block.attn, block.ln_1(x), causal, need_weights)
     x = x + block.ls_1(a)
     x = x + block.ls_2(block.mlp(block.ln_2(x)))
     return x, weights
@@ -111,7 +136,7 @@ def check_deep_prompts(deep_prompts: DeepPrompts | None, layers: int) -> list[Te
     return prompts + [None] * (layers - len(prompts))
 
 
-def run_blocks(blocks: Sequence[nn.Module], x: Tensor, *, attn_mask: Tensor | None,
+def run_blocks(blocks: Sequence[nn.Module], x: Tensor, *, causal: bool,
                deep_prompts: list[Tensor | None], prompts_at_end: bool, capture: frozenset[int],
                hook: LayerHook | None) -> tuple[Tensor, dict[int, Tensor], dict[int, Tensor]]:
     """The shared layer loop (see the module docstring); ``deep_prompts`` as returned by check_deep_prompts."""
@@ -120,7 +145,7 @@ def run_blocks(blocks: Sequence[nn.Module], x: Tensor, *, attn_mask: Tensor | No
     for j, block in enumerate(blocks):
         if j > 0 and deep_prompts[j] is not None:
             x = _replace_prompt_tokens(x, deep_prompts[j], prompts_at_end)
-        x, weights = run_block(block, x, attn_mask, need_weights=j in capture)
+        x, weights = run_block(block, x, causal, need_weights=j in capture)
         if hook is not None:
             x = hook(j, x, weights)
         if j in capture:
@@ -156,8 +181,7 @@ def encode_text(model: nn.Module, ids: Tensor, *, stream_dtype: torch.dtype, emb
         longest_prompt = max((p.shape[-2] for p in prompts if p is not None), default=0)
         seq = min(length, max(int(eot.max()) + 1, 1 + longest_prompt))
     x = x[:, :seq].to(stream_dtype) + model.positional_embedding[:seq].to(stream_dtype)
-    mask = model.attn_mask[:seq, :seq] if model.attn_mask is not None else None
-    x, attn, hidden = run_blocks(blocks, x, attn_mask=mask, deep_prompts=prompts, prompts_at_end=False,
+    x, attn, hidden = run_blocks(blocks, x, causal=True, deep_prompts=prompts, prompts_at_end=False,
                                  capture=capture_layers(capture, len(blocks)), hook=hook)
     # ln_final acts per token, so pooling first is the same as open_clip's ln_final(x)[eot]
     pooled = model.ln_final(x[torch.arange(n, device=x.device), eot])
@@ -183,7 +207,7 @@ def encode_image(visual: nn.Module, images: Tensor, *, stream_dtype: torch.dtype
             raise ValueError(f"deep vision prompts at layers {mismatched} do not have {p.shape[1]} tokens")
         x = torch.cat([x, p.to(x.dtype)], dim=1)                  # prompts go at the end, no positional embedding
     x = visual.ln_pre(x)
-    x, attn, hidden = run_blocks(blocks, x, attn_mask=None, deep_prompts=layer_prompts, prompts_at_end=True,
+    x, attn, hidden = run_blocks(blocks, x, causal=False, deep_prompts=layer_prompts, prompts_at_end=True,
                                  capture=capture_layers(capture, len(blocks)), hook=hook)
     pooled = visual.ln_post(x[:, 0])
     return TowerOutput(_project(pooled, visual.proj).float(), attn, hidden)
