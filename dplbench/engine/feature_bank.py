@@ -75,7 +75,8 @@ def build_feature_bank(backbone: Any, splits: Any, items: Sequence[Any], transfo
     def compute() -> torch.Tensor:
         dataset = AugmentedViews(splits, items, transform, views, seed)
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                            pin_memory=backbone.device.type == "cuda")
+                            pin_memory=backbone.device.type == "cuda",
+                            generator=torch.Generator().manual_seed(0))  # leaves the global RNG alone
         with backbone.autocast():
             feats = [backbone.frozen_image_features(images.to(backbone.device, non_blocking=True)).float().cpu()
                      for images, _ in loader]
