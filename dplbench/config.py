@@ -39,6 +39,15 @@ class DataConfig:
 
 
 @dataclass
+class FeatureBankConfig:
+    """Opt-in feature bank for methods with a frozen image tower (docs/methods.md §4.8): the frozen features of
+    ``views`` augmented views per training image are computed once, and every step samples one stored view."""
+
+    views: Optional[int] = None           # K views per image; null = off (a fresh random augmentation every step)
+    seed: int = 0                         # view seed: which K views (shared across train seeds and methods)
+
+
+@dataclass
 class TrainConfig:
     epochs: Optional[int] = None          # null = the method's recipe for the protocol
     lr: Optional[float] = None
@@ -48,6 +57,7 @@ class TrainConfig:
     deterministic: bool = False
     split_seed: Optional[int] = None      # which few-shot subset (null = the run seed)
     train_seed: Optional[int] = None      # training randomness (null = the run seed)
+    feature_bank: FeatureBankConfig = field(default_factory=FeatureBankConfig)
 
 
 @dataclass

@@ -144,13 +144,15 @@ class _UnitRun:
         from dplbench.engine.trainer import TrainSettings, train
 
         resume = self.explicit_checkpoint or self.workspace.resume_checkpoints / f"{cache_key(key)[:16]}.pt"
+        bank = self.unit.settings.train.feature_bank
         settings = TrainSettings(epochs=self.recipe.epochs, lr=self.recipe.lr, batch_size=self.recipe.batch_size,
-                                 seed=self.train_seed, num_workers=self.runtime.num_workers)
+                                 seed=self.train_seed, num_workers=self.runtime.num_workers,
+                                 bank_views=bank.views, bank_seed=bank.seed)
         t0 = time.perf_counter()
         self.history = train(method, splits, settings, transform=self.train_transform, on_epoch=self.on_epoch,
                              checkpoint_path=resume if self.recipe.epochs > 0 and method.num_trainable() else None,
                              clean_transform=self.test_transform, clean_transform_desc=self.transforms["test"],
-                             cache=self.features)
+                             cache=self.features, transform_desc=self.transforms["train"])
         if method.needs_clean_features:
             self.transforms["train_teacher"] = self.transforms["test"]
         self.train_seconds += time.perf_counter() - t0
@@ -304,6 +306,7 @@ class _UnitRun:
             "method": self.method_faithfulness,
             "seeds": {"split_seed": self.split_seed, "train_seed": self.train_seed},
             "deterministic": self.deterministic,
+            **augmentation_record(self.method, self.unit.settings.train.feature_bank),
             "evaluation": "final state (last epoch), no selection on test data",
             **({"data": self.data_notes} if self.data_notes else {}),
             "data_files": self.data_files,
@@ -314,6 +317,23 @@ class _UnitRun:
                                    "misses": self.features.misses - self._cache_counts[1]}}
         return {"metrics": metrics, "history": self.history, "faithfulness": faithfulness, "extra": extra,
                 "predictions": self.predictions}
+
+
+def augmentation_record(method: Any, bank: Any) -> dict[str, Any]:
+    """The faithfulness block's ``augmentation`` entry for a feature-bank config ({} when the bank is off)."""
+    from dplbench.engine.method import FROZEN_IMAGE_TOWER, TRAINABLE
+
+    if bank.views is None:
+        return {}
+    caps = method.capabilities if method is not None else frozenset()
+    if not {FROZEN_IMAGE_TOWER, TRAINABLE} <= caps:
+        return {"augmentation": {"feature_bank": "not applicable (untrained, or the image tower depends on the "
+                                                 "learned state): fresh random augmentation every step"}}
+    return {"augmentation": {"feature_bank": {"views": bank.views, "view_seed": bank.seed,
+                             "sampling": "each step uses, per image, one of the K stored views drawn uniformly "
+                                         "(generator seeded by train seed and epoch)",
+                             "deviation": "the augmentation is one of K fixed random views per image, not a fresh "
+                                          "random view every step"}}}
 
 
 # how each kind of unit runs (one entry per :class:`~dplbench.vocabulary.Kind`)

@@ -102,6 +102,7 @@ def one_of(choices: Iterable[str], what: str) -> Check:
 
 POSITIVE = Check(lambda v: _number(v) and v > 0, "a finite number > 0")
 POSITIVE_INT = Check(lambda v: _int(v) and v > 0, "an integer > 0")
+NON_NEGATIVE_INT = Check(lambda v: _int(v) and v >= 0, "an integer >= 0")
 NON_NEGATIVE = Check(lambda v: _number(v) and v >= 0, "a number >= 0")
 RATE = Check(lambda v: _number(v) and 0 <= v < 1, "a rate in [0, 1)")
 PROBABILITY = Check(lambda v: _number(v) and 0 <= v <= 1, "a probability in [0, 1]")
@@ -127,6 +128,8 @@ CONFIG_RANGES: dict[str, tuple[Check, ...]] = {
     "train.batch_size": (POSITIVE_INT,),
     "train.eval_batch_size": (POSITIVE_INT,),
     "train.epoch_scale": (POSITIVE,),
+    "train.feature_bank.views": (POSITIVE_INT,),
+    "train.feature_bank.seed": (NON_NEGATIVE_INT,),
     "data.crop_scale": (CROP_SCALE,),
     "backbone.precision": (one_of(Precision.values(), "backbone precision"),),
     "backbone.checkpoint": (EXISTING_PATH,),

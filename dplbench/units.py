@@ -134,12 +134,22 @@ def unit_settings_keys(config: Mapping[str, Any]) -> set[str]:
     return {f"{section}.{key}" for section in HASHED_SECTIONS for key in (config.get(section) or {})}
 
 
+# Opt-in sub-sections (key -> the field that switches them on): while off they are left out of a unit's config, so
+# adding an opt-in feature never changes the hash (and the result file) of a unit that does not use it.
+OPT_IN = {"train.feature_bank": "views"}
+
+
+def _is_off(key: str, value: Any) -> bool:
+    return key in OPT_IN and isinstance(value, Mapping) and value.get(OPT_IN[key]) is None
+
+
 def _hashed_settings(cfg: Config) -> dict[str, dict[str, Any]]:
     """The result-relevant part of the backbone / data / train / run sections."""
     sections: dict[str, dict[str, Any]] = {}
     for section in HASHED_SECTIONS:
         values = to_plain(cfg.get(section)) or {}
-        kept = {k: v for k, v in values.items() if f"{section}.{k}" not in HASH_EXCLUDE}
+        kept = {k: v for k, v in values.items()
+                if f"{section}.{k}" not in HASH_EXCLUDE and not _is_off(f"{section}.{k}", v)}
         if kept:
             sections[section] = kept
     return sections

@@ -113,8 +113,9 @@ class CoCoOp(PromptMethod):
         return self.instance_logits(F.normalize(image_features.float(), dim=-1))
 
     # -- training --------------------------------------------------------------------------------------
-    def training_step(self, images: torch.Tensor, labels: torch.Tensor, state: StepState) -> dict[str, torch.Tensor]:
-        logits = self.instance_logits(self.encode_images(images))
+    def training_step(self, images: torch.Tensor | None, labels: torch.Tensor,
+                      state: StepState) -> dict[str, torch.Tensor]:
+        logits = self.instance_logits(self.step_image_features(images, state))
         ce = F.cross_entropy(logits, labels.to(logits.device))
         return {"loss": ce, "loss/ce": ce.detach()}
 

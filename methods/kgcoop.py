@@ -71,8 +71,9 @@ class KgCoOp(TextPromptedMethod):
         """w_clip: normalised frozen features of the template for the current (training) classes."""
         return self.teacher.text(self.classnames, [self.template()])
 
-    def training_step(self, images: torch.Tensor, labels: torch.Tensor, state: StepState) -> dict[str, torch.Tensor]:
-        terms, text = self.ce_step(images, labels)
+    def training_step(self, images: torch.Tensor | None, labels: torch.Tensor,
+                      state: StepState) -> dict[str, torch.Tensor]:
+        terms, text = self.ce_step(images, labels, state)
         kg = kg_penalty(text, self.teacher_text(), self.options.kg_loss)
         terms["loss/kg"] = kg.detach()
         terms["loss"] = terms["loss"] + self.options.kg_weight * kg

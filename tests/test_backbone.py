@@ -173,7 +173,6 @@ def test_text_deep_prompt_semantics(tiny):
         assert not torch.allclose(a.features, b.features, atol=1e-4)
         # exact placement: block 1 sees layer 0's output with positions 1..n replaced by p1
         x_in = torch.cat([depth2.hidden[0][:, :1], p1.expand(3, -1, -1), depth2.hidden[0][:, 1 + n:]], dim=1)
-        seq = x_in.shape[1]
         x_out, _ = towers.run_block(tiny.model.transformer.resblocks[1], x_in, True, False)
         _close(x_out, depth2.hidden[1])
         # per-sample prompts [N, n, D] broadcast the same way as a shared one

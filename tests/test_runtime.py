@@ -99,3 +99,15 @@ def test_every_layout_and_kind_has_its_record():
         spec = layout_spec(protocol.table["layout"])
         assert spec.headline in spec.metrics
         assert spec.transfer == (protocol.kind == "transfer")
+
+
+def test_an_opt_in_feature_left_off_is_not_in_the_hash(tmp_path):
+    """Adding the feature bank did not change the hash of any unit that does not use it."""
+    def unit(*extra: str):
+        cfg = build_config(["method=coop", "dataset=toy_shapes", "seeds=[1]", f"run.output_dir={tmp_path}", *extra])
+        return expand_units(cfg)[0]
+
+    off, seeded_off, on = unit(), unit("train.feature_bank.seed=3"), unit("train.feature_bank.views=4")
+    assert "feature_bank" not in off.config["train"] and off.config_hash == seeded_off.config_hash
+    assert on.config["train"]["feature_bank"]["views"] == 4 and on.config_hash != off.config_hash
+    assert off.settings.train.feature_bank.views is None and on.settings.train.feature_bank.views == 4

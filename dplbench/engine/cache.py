@@ -4,8 +4,9 @@ Every entry is keyed by the sha256 of a canonical JSON object naming everything 
 name, pretrained tag / checkpoint identity, precision, and then class names + templates (text) or dataset, split,
 exact item list and transform (images). The key object is stored next to the tensor and compared on load, so a
 hash collision or a truncated file can only cause a recomputation, never a wrong result. Writes are atomic.
-Only frozen, augmentation-free features are cached: zero-shot / ensemble text features, and test-image features
-of methods whose image tower is prompt-free.
+Only frozen features are cached: zero-shot / ensemble text features, test-image features of methods whose image
+tower is prompt-free, clean training-image features, and the opt-in feature bank of K seeded augmented views per
+training image (:mod:`dplbench.engine.feature_bank`, kind ``bank``).
 """
 
 from __future__ import annotations
@@ -183,7 +184,8 @@ def frozen_image_features(backbone: Any, splits: Any, items: Sequence[Any], tran
     from dplbench.data.loader import make_loader
 
     def compute() -> torch.Tensor:
-        loader = make_loader(splits, items, transform, batch_size, shuffle=False, num_workers=num_workers)
+        loader = make_loader(splits, items, transform, batch_size, shuffle=False, num_workers=num_workers,
+                             pin_memory=backbone.device.type == "cuda")
         return torch.cat([backbone.frozen_image_features(images).float().cpu() for images, _ in loader])
 
     if cache is None:

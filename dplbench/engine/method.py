@@ -67,6 +67,7 @@ class StepState:
     step: int
     steps_per_epoch: int
     clean_features: torch.Tensor | None = None  # frozen features of the un-augmented batch (needs_clean_features)
+    image_features: torch.Tensor | None = None  # feature bank: frozen features of the batch's augmented views
 
 
 class PromptMethod(nn.Module):
@@ -166,6 +167,15 @@ class PromptMethod(nn.Module):
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """Evaluation logits [B, C] for a batch of preprocessed images."""
         return self.scaled_logits(self.encode_images(images), self.text_features())
+
+    def step_image_features(self, images: torch.Tensor | None, state: StepState) -> torch.Tensor:
+        """Normalised image features of a training batch: from the feature bank when the trainer gives them
+        (``state.image_features``, frozen-image-tower methods only), else :meth:`encode_images` of ``images``."""
+        if state.image_features is None:
+            return self.encode_images(images)
+        if FROZEN_IMAGE_TOWER not in self.capabilities:
+            raise TypeError(f"{self.name}: image features depend on the learned state; no feature bank")
+        return F.normalize(state.image_features, dim=-1)
 
     def logits_from_image_features(self, image_features: torch.Tensor) -> torch.Tensor:
         """Logits from raw frozen image features (only for methods with the frozen_image_tower capability)."""

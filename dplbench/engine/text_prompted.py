@@ -57,12 +57,14 @@ class TextPromptedMethod(PromptMethod):
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.backbone.frozen_image_features(images), dim=-1)
 
-    def ce_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def ce_step(self, images: torch.Tensor | None, labels: torch.Tensor,
+                state: StepState) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Cross-entropy terms and the (normalised, grad-carrying) text features of this step."""
         text = self.compute_text_features()
-        logits = self.scaled_logits(self.encode_images(images), text)
+        logits = self.scaled_logits(self.step_image_features(images, state), text)
         ce = F.cross_entropy(logits, labels.to(logits.device))
         return {"loss": ce, "loss/ce": ce.detach()}, text
 
-    def training_step(self, images: torch.Tensor, labels: torch.Tensor, state: StepState) -> dict[str, torch.Tensor]:
-        return self.ce_step(images, labels)[0]
+    def training_step(self, images: torch.Tensor | None, labels: torch.Tensor,
+                      state: StepState) -> dict[str, torch.Tensor]:
+        return self.ce_step(images, labels, state)[0]

@@ -6,6 +6,9 @@
   checkpoint continues exactly as an uninterrupted one would.
 - Precision comes from the backbone: steps run inside ``backbone.autocast()``; ``amp_fp16`` scales the loss with a
   GradScaler; ``fp16_faithful`` updates fp16 prompts with plain SGD.
+- Feature bank (``TrainSettings.bank_views``, frozen-image-tower methods only): the frozen features of K augmented
+  views per training image are computed once (:mod:`dplbench.engine.feature_bank`) and every step reads one stored
+  view per image instead of loading and encoding a fresh augmentation.
 - A non-finite loss raises :class:`NonFiniteLossError`. After the last epoch the final state is evaluated (no
   selection on test data).
 """
@@ -44,6 +47,8 @@ class TrainSettings:
     num_workers: int = 0
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    bank_views: int | None = None    # feature bank: K stored augmented views per image (None = off)
+    bank_seed: int = 0               # the bank's view seed
 
 
 def build_optimizer(params: Sequence[torch.nn.Parameter], settings: TrainSettings) -> torch.optim.SGD:
@@ -79,16 +84,18 @@ def _to_float(v: Any) -> float:
 def train(method: PromptMethod, splits: Any, settings: TrainSettings, *, transform: Callable,
           on_epoch: Callable[[dict], None] | None = None, checkpoint_path: str | os.PathLike | None = None,
           clean_transform: Callable | None = None, clean_transform_desc: Sequence[str] = (),
-          cache: Any = None) -> list[dict[str, Any]]:
+          cache: Any = None, transform_desc: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Train ``method`` on ``splits.train``; return the per-epoch history.
 
     ``checkpoint_path``: written after every epoch (learned state + optimizer + epoch + history); when it exists
     at the start and matches this run, training resumes after its last epoch. ``clean_transform`` (the
     evaluation transform, described by ``clean_transform_desc``) gives the frozen features of the un-augmented
     training images for methods whose ``needs_clean_features`` is true, computed once (``cache``: feature cache).
+    ``transform_desc`` describes ``transform`` (part of the feature bank's key when ``settings.bank_views`` is set).
     """
     from dplbench.data.loader import make_loader
     from dplbench.engine.cache import frozen_image_features
+    from dplbench.engine.feature_bank import build_feature_bank
 
     if TRAINABLE not in method.capabilities or settings.epochs == 0:
         return []
@@ -100,6 +107,11 @@ def train(method: PromptMethod, splits: Any, settings: TrainSettings, *, transfo
         clean_features = frozen_image_features(method.backbone, splits, splits.train, clean_transform,
                                                list(clean_transform_desc), split="train", cache=cache,
                                                num_workers=settings.num_workers)
+    bank = None
+    if uses_feature_bank(method, settings):
+        bank = build_feature_bank(method.backbone, splits, splits.train, transform, list(transform_desc),
+                                  views=settings.bank_views, seed=settings.bank_seed, cache=cache,
+                                  num_workers=settings.num_workers)
     params = method.trainable_parameters()
     if not params:
         raise DplbenchError(f"method {method.name!r} has no trainable parameters")
@@ -108,6 +120,7 @@ def train(method: PromptMethod, splits: Any, settings: TrainSettings, *, transfo
     optimizer = build_optimizer(params, settings)
     scaler = grad_scaler(backbone)
     items = splits.train
+    bank_labels = torch.tensor([d.label for d in items], dtype=torch.long)
     fingerprint = _fingerprint(method, settings, len(items))
     history: list[dict[str, Any]] = []
     start = 0
@@ -128,17 +141,27 @@ def train(method: PromptMethod, splits: Any, settings: TrainSettings, *, transfo
         for group in optimizer.param_groups:
             group["lr"] = lr
         seed_everything(derive_seed(settings.seed, "epoch", epoch))
-        loader = make_loader(splits, items, transform, settings.batch_size, shuffle=True, drop_last=True,
-                             num_workers=settings.num_workers, seed=derive_seed(settings.seed, "loader", epoch),
-                             return_index=clean_features is not None)
+        if bank is None:
+            batches = make_loader(splits, items, transform, settings.batch_size, shuffle=True, drop_last=True,
+                                  num_workers=settings.num_workers, seed=derive_seed(settings.seed, "loader", epoch),
+                                  return_index=clean_features is not None,
+                                  pin_memory=backbone.device.type == "cuda")
+        else:
+            batches = _bank_batches(bank, bank_labels, settings, epoch)
         method.train()
         sums: dict[str, float] = {}
         steps = 0
-        for step, (images, labels, *index) in enumerate(loader):
-            clean = clean_features[index[0]].to(backbone.device, non_blocking=True) if index else None
-            images = images.to(backbone.device, non_blocking=True)
+        for step, (images, labels, *index) in enumerate(batches):
+            clean = (clean_features[index[0]].to(backbone.device, non_blocking=True)
+                     if index and clean_features is not None else None)
+            features = None
+            if bank is not None:
+                features, images = images.to(backbone.device, non_blocking=True), None
+            else:
+                images = images.to(backbone.device, non_blocking=True)
             labels = labels.to(backbone.device, non_blocking=True)
-            state = StepState(epoch, settings.epochs, step, len(loader), clean_features=clean)
+            state = StepState(epoch, settings.epochs, step, len(batches), clean_features=clean,
+                              image_features=features)
             with backbone.autocast():
                 terms = method.training_step(images, labels, state)
             loss = terms["loss"]
@@ -188,6 +211,22 @@ def _decide(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, t
     return logits.argmax(dim=-1).cpu(), (correct - others).cpu()
 
 
+def uses_feature_bank(method: PromptMethod, settings: TrainSettings) -> bool:
+    """Whether ``train`` reads this method's training images from a feature bank: it was asked for and the
+    method's image tower is frozen (for other methods the setting has no effect)."""
+    return settings.bank_views is not None and FROZEN_IMAGE_TOWER in method.capabilities
+
+
+def _bank_batches(bank: torch.Tensor, labels: torch.Tensor, settings: TrainSettings,
+                  epoch: int) -> list[tuple[torch.Tensor, ...]]:
+    """(features [B, E], labels[, item indices]) per step of one epoch, drawn from the bank [K, N, E]."""
+    from dplbench.engine.feature_bank import epoch_batches
+
+    steps = epoch_batches(bank.shape[1], settings.batch_size, bank.shape[0],
+                          derive_seed(settings.seed, "bank", epoch))
+    return [(bank[views, index], labels[index], index) for index, views in steps]
+
+
 @torch.no_grad()
 def predict(method: PromptMethod, splits: Any, items: Sequence[Any], *, transform: Callable,
             transform_desc: Sequence[str], split: str = "test", batch_size: int = 100, num_workers: int = 0,
@@ -215,7 +254,8 @@ def predict(method: PromptMethod, splits: Any, items: Sequence[Any], *, transfor
                 preds.append(pred)
                 margins.append(margin)
     else:
-        loader = make_loader(splits, items, transform, batch_size, shuffle=False, num_workers=num_workers)
+        loader = make_loader(splits, items, transform, batch_size, shuffle=False, num_workers=num_workers,
+                             pin_memory=backbone.device.type == "cuda")
         with backbone.autocast():
             for images, target in loader:
                 logits = method.logits(images.to(backbone.device))
