@@ -62,23 +62,10 @@ def timed(fn: Callable[[], object], reps: int, device: torch.device, warmup: int
     return statistics.median(times)
 
 
-def open_clip_run_block(block, x, causal, need_weights):
-    """The "before" block path: open_clip's ``block.forward`` (uncaptured layers) and
-    ``nn.MultiheadAttention(need_weights=True)`` (captured layers); signature of ``towers.run_block``."""
-    s = x.shape[1]
-    mask = torch.full((s, s), float("-inf"), dtype=x.dtype, device=x.device).triu(1) if causal else None
-    if not need_weights:
-        return block(x, attn_mask=mask), None
-    h = block.ln_1(x)
-    a, weights = block.attn(h, h, h, need_weights=True, average_attn_weights=False, attn_mask=mask)
-    x = x + block.ls_1(a)
-    return x + block.ls_2(block.mlp(block.ln_2(x))), weights
-
-
 @contextlib.contextmanager
 def open_clip_blocks() -> Iterator[None]:
     fused = towers.run_block
-    towers.run_block = open_clip_run_block
+    towers.run_block = towers.open_clip_run_block
     try:
         yield
     finally:

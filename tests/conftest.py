@@ -117,19 +117,8 @@ def vitb16():
 
 @pytest.fixture(scope="session")
 def legacy_run_block():
-    """The tower block path before the fused attention: open_clip's own ``block.forward`` for uncaptured layers and
-    ``nn.MultiheadAttention(need_weights=True)`` for captured ones (same signature as ``towers.run_block``), the
-    reference the fused path is checked against."""
-    import torch
+    """The tower block path before the fused attention (open_clip's own), the reference the fused path is checked
+    against."""
+    from dplbench.backbone.towers import open_clip_run_block
 
-    def run_block(block, x, causal, need_weights):
-        s = x.shape[1]
-        mask = torch.full((s, s), float("-inf"), dtype=x.dtype, device=x.device).triu(1) if causal else None
-        if not need_weights:
-            return block(x, attn_mask=mask), None
-        h = block.ln_1(x)
-        a, weights = block.attn(h, h, h, need_weights=True, average_attn_weights=False, attn_mask=mask)
-        x = x + block.ls_1(a)
-        return x + block.ls_2(block.mlp(block.ln_2(x))), weights
-
-    return run_block
+    return open_clip_run_block

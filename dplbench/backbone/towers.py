@@ -136,6 +136,21 @@ def check_deep_prompts(deep_prompts: DeepPrompts | None, layers: int) -> list[Te
     return prompts + [None] * (layers - len(prompts))
 
 
+def open_clip_run_block(block: nn.Module, x: Tensor, causal: bool,
+                        need_weights: bool) -> tuple[Tensor, Tensor | None]:
+    """The same block through open_clip's own path (``block.forward``; ``nn.MultiheadAttention(need_weights=True)``
+    where probabilities are needed), with :func:`run_block`'s signature: the reference the fused path is tested
+    against, and the "before" of ``benchmarks/bench_backbone.py --paths``."""
+    s = x.shape[1]
+    mask = torch.full((s, s), float("-inf"), dtype=x.dtype, device=x.device).triu(1) if causal else None
+    if not need_weights:
+        return block(x, attn_mask=mask), None
+    h = block.ln_1(x)
+    a, weights = block.attn(h, h, h, need_weights=True, average_attn_weights=False, attn_mask=mask)
+    x = x + block.ls_1(a)
+    return x + block.ls_2(block.mlp(block.ln_2(x))), weights
+
+
 def run_blocks(blocks: Sequence[nn.Module], x: Tensor, *, causal: bool,
                deep_prompts: list[Tensor | None], prompts_at_end: bool, capture: frozenset[int],
                hook: LayerHook | None) -> tuple[Tensor, dict[int, Tensor], dict[int, Tensor]]:
