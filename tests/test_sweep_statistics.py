@@ -27,7 +27,7 @@ def write_trial(store: ResultStore, method: str, overrides: dict, accuracy: floa
         for seed in SEEDS:
             splits = (same_as or {}).get((dataset, seed)) or \
                 {p: split(rng, accuracy, difficulty=difficulty) for p in ("base", "novel")}
-            b, n = 100 * splits["base"].accuracy, 100 * splits["novel"].accuracy
+            b, n = splits["base"].accuracy, splits["novel"].accuracy
             unit = {"protocol": "base2novel", "method": method, "dataset": dataset, "seed": seed, "shots": 16,
                     "overrides": overrides}
             config = {"protocol": "base2novel", "seeds": list(SEEDS), "datasets": list(DATASETS)}
@@ -156,3 +156,33 @@ def test_heatmap_marks_cells_not_significantly_below_the_best(tmp_path, monkeypa
     assert not [p for p in ax.patches if p.get_hatch()]
     assert "no significance marks" in capture.figures[0].get_suptitle() or \
         any("no significance" in t.get_text() for t in ax.texts)
+
+
+def predicting_execute(unit, runtime, on_epoch=None):
+    """n_ctx 4 and 8 predict identically (per dataset and seed); n_ctx 2 is far worse."""
+    rng = np.random.default_rng([unit.seed, len(unit.dataset), 2 if unit.options.get("n_ctx") == 2 else 0])
+    accuracy = 0.5 if unit.options.get("n_ctx") == 2 else 0.8
+    splits = {p: split(rng, accuracy) for p in ("base", "novel")}
+    b, n = splits["base"].accuracy, splits["novel"].accuracy
+    return {"metrics": {"base": b, "novel": n, "hm": harmonic_mean(b, n)}, "history": [], "faithfulness": {},
+            "extra": {}, "predictions": splits}
+
+
+def test_run_sweep_summary_rebuilds_statistics_from_the_store(tmp_path):
+    import json
+    from pathlib import Path
+
+    from dplbench.config import build_config
+    from dplbench.orchestrate.sweep import run_sweep
+
+    cfg = build_config(["method=coop", "dataset=toy_shapes_noisy", "seeds=[1,2,3]", f"run.output_dir={tmp_path}",
+                        "sweep.params.method.n_ctx=[2,4,8]", "ray.enabled=false", "tracking.enabled=false",
+                        f"report.n_boot={N_BOOT}"])
+    summary = run_sweep(cfg, executor=predicting_execute)
+    assert {t["params"]["method.n_ctx"]: t["verdict"] for t in summary.trials}[2] == "worse"
+    assert sorted(t["verdict"] for t in summary.trials if t["params"]["method.n_ctx"] != 2) == ["best", "tied"]
+    text = str(summary)
+    assert "significance on Average hm" in text and "significantly worse:" in text
+    saved = json.loads(Path(summary.summary_path).read_text())
+    assert saved["statistics"]["best"] in ("CoOp (n_ctx=4)", "CoOp (n_ctx=8)")
+    assert [t["verdict"] for t in saved["trials"]] == [t["verdict"] for t in summary.trials]

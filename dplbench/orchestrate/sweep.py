@@ -356,7 +356,8 @@ class SweepSummary:
             params = ", ".join(f"{k}={_short(v)}" for k, v in t["params"].items())
             value = t.get("objective")
             text = "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
-            verdict = VERDICT_MARKS.get(t.get("verdict", ""), "")
+            assessed = bool(self.statistics and self.statistics.get("best"))
+            verdict = VERDICT_MARKS.get(t.get("verdict", ""), "") if assessed else ""
             lines.append(f"  {params}: {self.metric}={text}  ({t.get('units', 0)} unit(s), "
                          f"{t.get('failed', 0)} failed)" + (f"  {verdict}" if verdict else ""))
         if self.best:
@@ -685,8 +686,13 @@ def _statistics_from_store(cfg: Config, plan: SweepPlan, trials: list[dict[str, 
 
     try:
         store = ResultStore(cfg.run.output_dir)
-        records = [store.load(u.unit_dict(), u.config_hash) for t in trials
-                   for u in expand_units(apply_params(cfg, t["params"]), extra_overrides=t["params"])]
+        records = []
+        for trial in trials:
+            for unit in expand_units(apply_params(cfg, trial["params"]), extra_overrides=trial["params"]):
+                record = store.load(unit.unit_dict(), unit.config_hash)
+                if record is not None:  # where its sidecar is found (load does not say)
+                    record["_path"] = str(store.path_for(unit.unit_dict(), unit.config_hash))
+                    records.append(record)
         layout = PROTOCOLS.get(cfg.protocol).table.get("layout", cfg.protocol)
         return sweep_statistics(records, trials, layout=layout, metric=plan.metric, mode=plan.mode,
                                 n_boot=cfg.report.n_boot)
