@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import yaml
 from omegaconf import MISSING
 
-from dplbench.errors import ConfigError, UnknownNameError
+from dplbench.errors import ConfigError, DplbenchError, UnknownNameError
 from dplbench.fileio import atomic_write_text
 from dplbench.orchestrate import tracking as tracking_mod
 from dplbench.protocol import MetricSpec
@@ -342,6 +342,7 @@ class SweepSummary:
     summary_path: str | None = None
     tracking_uri: str | None = None
     parent_run_id: str | None = None
+    statistics: dict[str, Any] | None = None   # :func:`sweep_statistics` (rebuilt from result files + sidecars)
 
     @property
     def ok(self) -> bool:
@@ -355,11 +356,15 @@ class SweepSummary:
             params = ", ".join(f"{k}={_short(v)}" for k, v in t["params"].items())
             value = t.get("objective")
             text = "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
+            assessed = bool(self.statistics and self.statistics.get("best"))
+            verdict = VERDICT_MARKS.get(t.get("verdict", ""), "") if assessed else ""
             lines.append(f"  {params}: {self.metric}={text}  ({t.get('units', 0)} unit(s), "
-                         f"{t.get('failed', 0)} failed)")
+                         f"{t.get('failed', 0)} failed)" + (f"  {verdict}" if verdict else ""))
         if self.best:
             params = ", ".join(f"{k}={_short(v)}" for k, v in self.best["params"].items())
             lines.append(f"best: {params} -> {self.metric}={self.best['objective']:.2f}")
+        if self.statistics is not None:
+            lines += statistics_lines(self.statistics)
         if self.summary_path:
             lines.append(f"summary: {self.summary_path}")
         return "\n".join(lines)
@@ -550,6 +555,7 @@ def _finish_sweep(cfg: Config, plan: SweepPlan, summary: SweepSummary, info: Any
     scored = [t for t in summary.trials if t["objective"] is not None]
     if scored:
         summary.best = (max if plan.mode == "max" else min)(scored, key=lambda t: t["objective"])
+    summary.statistics = _statistics_from_store(cfg, plan, summary.trials)
     summary.seconds = time.perf_counter() - start
     out = Workspace.at(cfg.run.output_dir).sweeps / f"{plan.name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     summary.summary_path = str(out)
@@ -560,6 +566,139 @@ def _finish_sweep(cfg: Config, plan: SweepPlan, summary: SweepSummary, info: Any
     atomic_write_text(out, json.dumps({**asdict(summary), "params": plan.params, "protocol": cfg.protocol,
                                        "methods": list(cfg.methods)}, indent=1, default=str) + "\n")
     return summary
+
+
+# -- statistics -------------------------------------------------------------------------------------------------
+VERDICT_MARKS = {"best": "[best]", "tied": "[≈ best]", "worse": "[worse]", "n/a": "[no interval]"}
+
+
+def _metric_cell(stats: Any, metric: str) -> Any:
+    """The one table cell the sweep objective is: base-to-novel (Average, hm|base|novel); few-shot: the Average of
+    the only shot count; transfer ``target_mean``: the only source's Average; otherwise (block, metric) when one
+    block has it. None when the objective is no single cell (e.g. a few-shot sweep over several shot counts)."""
+    from dplbench.report.aggregation import AVERAGE
+    from dplbench.report.layouts import layout_spec
+
+    spec = layout_spec(stats.layout)
+    cells = stats.cells
+    if spec.transfer:
+        found = [c for c in cells if c[1] == AVERAGE] if metric == "target_mean" else []
+    elif spec.by_shots:
+        found = [c for c in cells if c[0] == AVERAGE] if metric == spec.headline else []
+    else:
+        found = [c for c in cells if c == (AVERAGE, metric)] or [c for c in cells if c[1] == metric]
+    return found[0] if len(found) == 1 else None
+
+
+def sweep_statistics(records: Sequence[Mapping[str, Any]], trials: list[dict[str, Any]], *, layout: str,
+                     metric: str, mode: str = "max", n_boot: int | None = None, alpha: float | None = None
+                     ) -> dict[str, Any]:
+    """Which trials are statistically indistinguishable from the best one on the sweep's metric.
+
+    One bootstrap of the trials' result records and their prediction sidecars (:func:`~dplbench.report.significance.
+    table_statistics`: paired two-way bootstrap over seeds and test items); each table row (method + the trial's
+    values) is compared with the best row on the objective's cell, Holm over those comparisons. Sets ``verdict``
+    (best | tied | worse | n/a) on each trial with exactly one row, and returns a JSON-able summary with the best
+    row's value and interval and every row's difference to it; rows without sidecars get no interval and a note.
+    """
+    from dplbench.report.aggregation import _Builder
+    from dplbench.report.significance import ALPHA, DEFAULT_BOOT, table_statistics
+
+    alpha = ALPHA if alpha is None else alpha
+    records = [r for r in records if r is not None]
+    stats = table_statistics(records, layout, n_boot=n_boot or DEFAULT_BOOT)
+    out: dict[str, Any] = {"method": stats.method_text(), "alpha": alpha, "level": stats.level, "cell": None,
+                           "best": None, "rows": [], "notes": list(stats.notes)}
+    builder = _Builder(records, layout, None)
+    labels_of: dict[int, set[str]] = {}
+    for i, trial in enumerate(trials):
+        for obs in builder.obs:
+            overrides = json.loads(obs.overrides)
+            if all(overrides.get(k) == v for k, v in trial["params"].items()):
+                labels_of.setdefault(i, set()).add(builder.variant_of[id(obs)].label)
+    cell = _metric_cell(stats, metric) if stats.boot is not None else None
+    best = None
+    if cell is not None:
+        out["cell"] = list(cell)
+        with_interval = [r for r in stats.rows if stats.interval(r, cell) is not None]
+        if len(with_interval) >= 2:
+            best = stats.boot.compare_to_best(cell, mode=mode, rows=with_interval)
+    if best is None:
+        if not out["notes"]:
+            out["notes"].append(f"the objective {metric!r} is no single table cell" if cell is None and
+                                stats.boot is not None else "fewer than two trials have per-item predictions")
+        for trial in trials:
+            trial["verdict"] = "n/a"
+        return out
+    tied = best.tied_with_best(alpha)
+    verdicts: dict[str, str] = {}
+    for label in sorted({label for labels in labels_of.values() for label in labels}):
+        iv = stats.interval(label, cell)
+        comp = best.comparisons.get(label)
+        verdicts[label] = "n/a" if iv is None else "best" if label == best.best else \
+            "tied" if label in tied else "worse"
+        out["rows"].append({
+            "row": label, "verdict": verdicts[label],
+            "value": iv.value if iv else None, "ci_low": iv.low if iv else None, "ci_high": iv.high if iv else None,
+            "diff": 0.0 if label == best.best else (comp.difference if comp else None),
+            "diff_ci_low": comp.low if comp else None, "diff_ci_high": comp.high if comp else None,
+            "p_value": comp.p_value if comp else None, "p_holm": comp.p_adjusted if comp else None})
+    out["best"] = best.best
+    out["compared"] = len(best.comparisons)
+    for i, trial in enumerate(trials):
+        labels = labels_of.get(i, set())
+        trial["verdict"] = verdicts[next(iter(labels))] if len(labels) == 1 else "n/a"
+    return out
+
+
+def statistics_lines(statistics: Mapping[str, Any], decimals: int = 2) -> list[str]:
+    """The summary's statistics block: the best row with its interval, then who is tied with it and who is not."""
+    if not statistics.get("best"):
+        why = statistics["notes"][0] if statistics.get("notes") else "no intervals"
+        return [f"significance: not assessed ({why})"]
+    rows = {r["row"]: r for r in statistics["rows"]}
+    block, column = statistics["cell"]
+    best = rows[statistics["best"]]
+    pct = f"{100 * statistics['level']:g} %"
+    lines = [f"significance on {block} {column} ({statistics['method']}; paired with the best row, Holm over the "
+             f"{statistics['compared']} other row(s), alpha {statistics['alpha']:g}):",
+             f"  best: {best['row']} = {best['value']:.{decimals}f} [{best['ci_low']:.{decimals}f}, "
+             f"{best['ci_high']:.{decimals}f}] ({pct} interval)"]
+
+    def diff(r: Mapping[str, Any]) -> str:
+        return (f"{r['row']}: {r['diff'] + 0.0:+.{decimals}f} [{r['diff_ci_low'] + 0.0:+.{decimals}f}, "
+                f"{r['diff_ci_high'] + 0.0:+.{decimals}f}], p(Holm) = {r['p_holm']:.3g}")
+
+    for verdict, title in (("tied", "not distinguishable from the best"), ("worse", "significantly worse"),
+                           ("n/a", "no interval (no per-item predictions)")):
+        chosen = [r for r in statistics["rows"] if r["verdict"] == verdict]
+        if chosen:
+            lines.append(f"  {title}:")
+            lines += [f"    {diff(r) if verdict != 'n/a' else r['row']}" for r in chosen]
+    lines += [f"  note: {n}" for n in statistics.get("notes", [])]
+    return lines
+
+
+def _statistics_from_store(cfg: Config, plan: SweepPlan, trials: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """:func:`sweep_statistics` over the trials' result files as stored (never fails the sweep)."""
+    from dplbench.catalog import PROTOCOLS
+    from dplbench.units import expand_units
+
+    try:
+        store = ResultStore(cfg.run.output_dir)
+        records = []
+        for trial in trials:
+            for unit in expand_units(apply_params(cfg, trial["params"]), extra_overrides=trial["params"]):
+                record = store.load(unit.unit_dict(), unit.config_hash)
+                if record is not None:  # where its sidecar is found (load does not say)
+                    record["_path"] = str(store.path_for(unit.unit_dict(), unit.config_hash))
+                    records.append(record)
+        layout = PROTOCOLS.get(cfg.protocol).table.get("layout", cfg.protocol)
+        return sweep_statistics(records, trials, layout=layout, metric=plan.metric, mode=plan.mode,
+                                n_boot=cfg.report.n_boot)
+    except (DplbenchError, OSError, ValueError) as exc:  # the statistics never fail a finished sweep
+        tracking_mod.log.warning("sweep statistics not computed: %s", exc)
+        return {"best": None, "notes": [f"statistics failed: {exc}"], "rows": []}
 
 
 def _trial_name(trial: Any) -> str:

@@ -171,4 +171,4 @@ def plots_for_protocol(cfg: Config, selected: Iterable[str] = ()) -> list[Path]:
     if not records:
         return []
     out_dir = Workspace.at(cfg.run.output_dir).plots
-    return make_plots(records, "all", out_dir, layout=_layout(cfg), protocol=cfg.protocol)
+    return make_plots(records, "all", out_dir, layout=_layout(cfg), protocol=cfg.protocol, n_boot=cfg.report.n_boot)

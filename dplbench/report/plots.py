@@ -121,9 +121,25 @@ def _metric_label(layout: str, metric: str, dataset: str, rows=None) -> str:
     return f"{names.get(metric, metric)} (%), {where}" + (f", {shots[0]}-shot" if len(shots) == 1 else "")
 
 
+def _interval(stats: Any, row: Mapping[str, Any], layout: str):
+    """The bootstrap interval of one aggregated-frame row (None without statistics or sidecars)."""
+    from dplbench.report.significance import cell_of
+
+    return None if stats is None else stats.interval(row["variant"], cell_of(row, layout))
+
+
+def _no_statistics_reason(stats: Any) -> str:
+    if stats is not None and stats.notes:
+        return stats.notes[0].split(":")[0]
+    return "results lack per-item predictions"
+
+
 def plot_ablation(frame, layout: str, out_dir: Path, *, protocol: str, metric: str, dataset: str | None,
-                  x: str | None, shots: int | None, formats: Sequence[str]) -> list[Path]:
-    """Metric against each swept key (mean ± std band over seeds), one line per method and other settings."""
+                  x: str | None, shots: int | None, formats: Sequence[str], stats: Any = None) -> list[Path]:
+    """Metric against each swept key (mean over seeds), one line per method and other settings, with the 95 %
+    interval of the paired two-way bootstrap (``stats``, a :class:`~dplbench.report.significance.TableStatistics`
+    of the same records) as a band; points whose results lack prediction sidecars get no band, and the title says
+    so."""
     rows, dataset = _selection(frame, layout, metric, dataset, shots)
     swept = _swept_keys(rows)
     if x is not None:
@@ -137,13 +153,17 @@ def plot_ablation(frame, layout: str, out_dir: Path, *, protocol: str, metric: s
         fig = _new_figure()
         ax = fig.add_subplot()
         numeric = _numeric(values)
-        lines: dict[str, list[tuple[Any, float, float]]] = {}
+        lines: dict[str, list[tuple[Any, float, Any]]] = {}
+        banded = unbanded = 0
         for r in rows.to_dict("records"):
             overrides = json.loads(r["overrides"])
             if math.isnan(r["mean"]):
                 continue
+            interval = _interval(stats, r, layout)
             if not overrides:  # a default-options run of the same protocol: drawn as a reference level
                 ax.axhline(r["mean"], linestyle="--", linewidth=1, color="grey")
+                if interval is not None:
+                    ax.axhspan(interval.low, interval.high, color="grey", alpha=0.1, linewidth=0)
                 ax.annotate(f"{r['variant']} (defaults)", (0.01, r["mean"]), xycoords=("axes fraction", "data"),
                             fontsize="small", color="grey", va="bottom")
                 continue
@@ -151,19 +171,29 @@ def plot_ablation(frame, layout: str, out_dir: Path, *, protocol: str, metric: s
                 continue
             rest = ", ".join(f"{k.removeprefix('method.')}={v}" for k, v in overrides.items() if k != key)
             name = method_display(r["method"]) + (f" ({rest})" if rest else "")
-            lines.setdefault(name, []).append((overrides[key], r["mean"], r["std"]))
+            lines.setdefault(name, []).append((overrides[key], r["mean"], interval))
+            banded, unbanded = banded + (interval is not None), unbanded + (interval is None)
         for name, points in lines.items():
             points.sort(key=lambda p: _sort_key(p[0]))
             xs = [p[0] if numeric else values.index(p[0]) for p in points]
             ys = [p[1] for p in points]
-            sd = [0.0 if math.isnan(p[2]) else p[2] for p in points]
-            ax.plot(xs, ys, marker="o", label=name)
-            ax.fill_between(xs, [y - s for y, s in zip(ys, sd)], [y + s for y, s in zip(ys, sd)], alpha=0.2)
+            (line,) = ax.plot(xs, ys, marker="o", label=name)
+            if any(p[2] is not None for p in points):  # gaps where a point has no interval
+                ax.fill_between(xs, [p[2].low if p[2] else math.nan for p in points],
+                                [p[2].high if p[2] else math.nan for p in points], color=line.get_color(),
+                                alpha=0.2, linewidth=0)
         if not numeric:
             ax.set_xticks(range(len(values)), [str(v) for v in values])
         ax.set_xlabel(key.removeprefix("method."))
         ax.set_ylabel(_metric_label(layout, metric, dataset, rows))
-        ax.set_title(f"{protocol}: {key.removeprefix('method.')} ablation (mean ± std over seeds)")
+        if banded and not unbanded:
+            band = "band: 95 % CI, paired two-way bootstrap over seeds and test items"
+        elif banded:
+            band = f"band: 95 % CI where per-item predictions exist; {unbanded} point(s) without"
+        else:
+            band = f"no interval: {_no_statistics_reason(stats)}"
+        ax.set_title(f"{protocol}: {key.removeprefix('method.')} ablation (mean over seeds)\n{band}",
+                     fontsize="medium")
         ax.grid(alpha=0.3)
         if lines:
             ax.legend(fontsize="small")
@@ -171,10 +201,27 @@ def plot_ablation(frame, layout: str, out_dir: Path, *, protocol: str, metric: s
     return paths
 
 
+def _tied_with_best(stats: Any, rows: Sequence[Mapping[str, Any]], layout: str, alpha: float) -> set[str] | None:
+    """The variants of ``rows`` (one table cell) not significantly below the best of them: paired bootstrap, Holm
+    over those rows. None when fewer than two of them have an interval."""
+    from dplbench.report.significance import cell_of
+
+    with_interval = [r["variant"] for r in rows if _interval(stats, r, layout) is not None]
+    if len(with_interval) < 2:
+        return None
+    return stats.boot.compare_to_best(cell_of(rows[0], layout), rows=with_interval).tied_with_best(alpha)
+
+
 def plot_heatmap(frame, layout: str, out_dir: Path, *, protocol: str, metric: str, dataset: str | None,
-                 x: str | None, y: str | None, shots: int | None, formats: Sequence[str]) -> list[Path]:
-    """Two-parameter sweep: mean metric on a grid of two swept keys, one panel per method."""
+                 x: str | None, y: str | None, shots: int | None, formats: Sequence[str],
+                 stats: Any = None) -> list[Path]:
+    """Two-parameter sweep: mean metric on a grid of two swept keys, one panel per method. Cells not
+    significantly below the panel's best (paired two-way bootstrap from ``stats``, Holm over the panel's cells)
+    are hatched; without prediction sidecars nothing is hatched and the figure says so."""
     import numpy as np
+    from matplotlib.patches import Patch, Rectangle
+
+    from dplbench.report.significance import ALPHA
 
     rows, dataset = _selection(frame, layout, metric, dataset, shots)
     swept = _swept_keys(rows)
@@ -194,22 +241,43 @@ def plot_heatmap(frame, layout: str, out_dir: Path, *, protocol: str, metric: st
         raise DplbenchError(f"no finished run sets both {kx} and {ky}")
     fig = _new_figure(4.5 * len(methods) + 0.5, 4.0)
     axes = fig.subplots(1, len(methods), squeeze=False)[0]
+    marked_any = False
     for ax, method in zip(axes, methods):
         grid = np.full((len(swept[ky]), len(swept[kx])), np.nan)
+        where: dict[str, tuple[int, int]] = {}
+        panel = []
         for r in rows[rows["method"] == method].to_dict("records"):
             o = json.loads(r["overrides"])
-            if kx in o and ky in o:
-                grid[swept[ky].index(o[ky]), swept[kx].index(o[kx])] = r["mean"]
+            if kx in o and ky in o and not math.isnan(r["mean"]):
+                where[r["variant"]] = (swept[ky].index(o[ky]), swept[kx].index(o[kx]))
+                grid[where[r["variant"]]] = r["mean"]
+                panel.append(r)
         image = ax.imshow(np.ma.masked_invalid(grid), origin="lower", aspect="auto", cmap="viridis")
         for (i, j), value in np.ndenumerate(grid):
             if not math.isnan(value):
-                ax.text(j, i, f"{value:.1f}", ha="center", va="center", color="white", fontsize="small")
+                ax.text(j, i, f"{value:.1f}", ha="center", va="center", color="white", fontsize="small", zorder=3,
+                        bbox={"facecolor": "black", "alpha": 0.35, "linewidth": 0, "pad": 1.5})
+        tied = _tied_with_best(stats, panel, layout, ALPHA) if stats is not None and panel else None
+        if tied is not None:
+            marked_any = True
+            for variant in sorted(tied):
+                i, j = where[variant]
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="//",
+                                       edgecolor=(1.0, 1.0, 1.0, 0.5), linewidth=0))
+            ax.legend(handles=[Patch(facecolor="none", edgecolor="black", hatch="//",
+                                     label=f"not significantly below this panel's best (Holm, alpha {ALPHA:g})")],
+                      loc="upper center", bbox_to_anchor=(0.5, -0.18), fontsize="x-small", frameon=False)
         ax.set_xticks(range(len(swept[kx])), [str(v) for v in swept[kx]])
         ax.set_yticks(range(len(swept[ky])), [str(v) for v in swept[ky]])
         ax.set_xlabel(kx.removeprefix("method."))
         ax.set_ylabel(ky.removeprefix("method."))
         ax.set_title(method_display(method))
         fig.colorbar(image, ax=ax, label=_metric_label(layout, metric, dataset, rows))
+    if marked_any:
+        fig.suptitle(f"hatched: not significantly below the best cell of its panel\n(paired two-way bootstrap, "
+                     f"{stats.n_boot} replicates, Holm over the panel; docs/statistics.md)", fontsize="x-small")
+    else:
+        fig.suptitle(f"no significance marks: {_no_statistics_reason(stats)}", fontsize="x-small")
     return _save(fig, out_dir, _slug(f"{protocol}_heatmap_{kx}_{ky}_{dataset}{_shots_tag(rows, layout)}"), formats)
 
 
@@ -265,13 +333,14 @@ def plot_few_shot(frame, layout: str, out_dir: Path, *, protocol: str, dataset: 
 def make_plots(records: Iterable[Mapping[str, Any]], kind: str, out_dir: str | Path, *, layout: str | None = None,
                protocol: str | None = None, metric: str | None = None, dataset: str | None = None,
                x: str | None = None, y: str | None = None, shots: int | None = None,
-               formats: Sequence[str] = PLOT_FORMATS) -> list[Path]:
+               formats: Sequence[str] = PLOT_FORMATS, n_boot: int | None = None) -> list[Path]:
     """Draw one kind of plot (``ablation`` | ``heatmap`` | ``base_novel`` | ``few_shot``, or ``all`` for every
     kind the records support) into ``out_dir`` (the CLI passes ``<output_dir>/plots``); returns the files written.
 
     ``metric`` defaults to the layout's headline metric (hm, top1, acc, overall); ``dataset`` to the Average;
     ``x`` / ``y`` choose the swept override keys (e.g. ``method.iwtd.p_max``); few-shot sweeps are compared at
-    ``shots`` (default: the largest shot count).
+    ``shots`` (default: the largest shot count). Ablation bands and heatmap marks come from one bootstrap of the
+    records' prediction sidecars (``n_boot`` replicates, docs/statistics.md).
     """
     records = list(records)
     if not records:
@@ -291,11 +360,20 @@ def make_plots(records: Iterable[Mapping[str, Any]], kind: str, out_dir: str | P
     frame = aggregate(records, layout)
     out = Path(out_dir)
     common = {"protocol": protocol, "formats": formats}
+    computed: list[Any] = []
+
+    def statistics() -> Any:  # one bootstrap, only for the plots that draw it
+        if not computed:
+            from dplbench.report.significance import DEFAULT_BOOT, table_statistics
+
+            computed.append(table_statistics(records, layout, n_boot=n_boot or DEFAULT_BOOT))
+        return computed[0]
+
     drawers = {
         "ablation": lambda: plot_ablation(frame, layout, out, metric=metric, dataset=dataset, x=x, shots=shots,
-                                          **common),
+                                          stats=statistics(), **common),
         "heatmap": lambda: plot_heatmap(frame, layout, out, metric=metric, dataset=dataset, x=x, y=y, shots=shots,
-                                        **common),
+                                        stats=statistics(), **common),
         "base_novel": lambda: plot_base_novel(frame, layout, out, dataset=dataset, **common),
         "few_shot": lambda: plot_few_shot(frame, layout, out, dataset=dataset, **common),
     }
