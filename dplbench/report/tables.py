@@ -371,6 +371,32 @@ def to_text(model: TableModel) -> str:
     return "\n".join(lines) + "\n"
 
 
+# --- HTML -------------------------------------------------------------------------------------------------------
+def to_html(model: TableModel) -> str:
+    """A ``<table>`` (caption, spanning block titles, bold best cells) followed by the notes."""
+    from html import escape
+
+    header, _, _ = _grid(model, bold=False)
+    lines = [f'<table class="results" data-protocol="{escape(model.protocol)}">',
+             f"<caption>{escape(model.caption)}</caption>",
+             "<thead><tr>" + "".join(f"<th>{escape(h)}</th>" for h in header) + "</tr></thead>", "<tbody>"]
+    for block in model.blocks:
+        for i, row in enumerate(block.rows):
+            cells = []
+            if model.block_header:
+                cells.append(f'<th scope="rowgroup" rowspan="{len(block.rows)}">{escape(block.title or "")}</th>'
+                             if i == 0 else "")
+            cells.append(f'<td class="label {row.kind}">{escape(_row_label(row))}</td>')
+            for c in row.cells:
+                text, bold = _cell_text(c, row.kind, model.decimals, model.show_std, "±", model.stats)
+                cells.append(f"<td><b>{escape(text)}</b></td>" if bold else f"<td>{escape(text)}</td>")
+            lines.append("<tr>" + "".join(cells) + "</tr>")
+    lines.append("</tbody></table>")
+    if model.notes:
+        lines.append('<ul class="notes">' + "".join(f"<li>{escape(n)}</li>" for n in model.notes) + "</ul>")
+    return "\n".join(lines) + "\n"
+
+
 # --- LaTeX ------------------------------------------------------------------------------------------------------
 _TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
