@@ -110,3 +110,19 @@ def test_index_renders_in_headless_chromium(results, tmp_path):
     assert pixels.shape[:2] == (2400, 1280)
     # text, table rules and plot colours: far from a blank (single-colour) page
     assert pixels.std() > 0.05 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50
+
+
+def test_table_options_from_the_report_section(tmp_path, capsys):
+    write_records(tmp_path, toy_b2n_records())
+    args = ["table", "protocol=base2novel", f"run.output_dir={tmp_path}", "report.n_boot=50", "report.style=paper",
+            "report.decimals=1", "report.formats=[tex]", "stats=none"]
+    assert main(args) == 0
+    tables = Workspace.at(tmp_path).tables
+    assert sorted(p.name for p in tables.iterdir()) == ["base2novel.tex"]
+    tex = tables.joinpath("base2novel.tex").read_text()
+    assert tex.startswith("% dplbench table tab:base2novel-base2novel-paper: needs \\usepackage{booktabs}")
+    assert "Toy Shapes" in tex and "$\\pm$" not in tex and "65.0 &" in tex
+    capsys.readouterr()
+    for bad in ("report.style=fancy", "report.decimals=-1", "report.formats=[pdf]", "report.std=maybe"):
+        assert main(["table", f"run.output_dir={tmp_path}", bad]) == 2
+        assert bad.split("=")[0] in capsys.readouterr().err
