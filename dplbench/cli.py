@@ -69,7 +69,8 @@ DESCRIPTIONS = {
              "  ray.enabled=false        run the trials one after another in this process\n\n" + COMMON_KEYS,
     "table": "Rebuild a protocol's tables from its result files (nothing is recomputed).\n\n"
              "formats and outputs: the table is printed; markdown (.md), LaTeX (.tex) and CSV (.csv) files are "
-             "written to <run.output_dir>/tables/.\n"
+             "written to <run.output_dir>/tables/; <run.output_dir>/index.html (static, open in a browser) and "
+             "index.md gather every protocol's tables, plots, failed units and the MLflow command.\n"
              "selection: methods=, seeds=, datasets=, shots=, method.<option>=, train.*=, sweep.name= and "
              "sweep.params.* keep only the matching result files.\n\n" + COMMON_KEYS,
     "plot": "Draw the plots a protocol's result files support (ablation, base vs novel, few-shot curves) as PNG "
@@ -360,6 +361,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
         return 1
     for path in paths:
         print(path)
+    _print_index(cfg)
     return 0
 
 
@@ -418,6 +420,14 @@ def _print_tables(cfg, selected) -> None:
     print(text)
     for fmt, path in sorted(paths.items()):
         print(f"{fmt}: {path}")
+    _print_index(cfg)
+
+
+def _print_index(cfg) -> None:
+    from dplbench.report.index import build_index
+
+    md, html = build_index(cfg.run.output_dir)
+    print(f"index: {html} ({md.name} next to it)")
 
 
 COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "table": cmd_table, "compare": cmd_compare, "plot": cmd_plot,

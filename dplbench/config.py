@@ -72,6 +72,10 @@ class RunConfig:
 class ReportConfig:
     stats: str = "marks"                  # a vocabulary.StatsMode: marks | ci | none (shorthand stats=ci)
     n_boot: int = 2000                    # bootstrap replicates of the intervals and tests (docs/statistics.md)
+    style: str = "default"                # a vocabulary.TableStyle: default | paper (means only, display names)
+    decimals: int = 2                     # digits after the point in md/tex/terminal tables
+    std: Optional[bool] = None            # show ± std (null = the style's choice: default yes, paper no)
+    formats: list[str] = field(default_factory=lambda: ["md", "tex", "csv"])  # table files written
     a: Optional[str] = None               # `dplbench compare`: the two rows (method name or row label), a - b
     b: Optional[str] = None
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dplbench.errors import ConfigError, did_you_mean, unknown_choice_message
-from dplbench.vocabulary import Precision, StatsMode
+from dplbench.vocabulary import Precision, StatsMode, TableStyle
 
 T = TypeVar("T")
 
@@ -115,6 +115,8 @@ DEVICE = Check(lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|mps|cuda
                "auto, cpu, cuda, cuda:N or mps")
 EXISTING_PATH = Check(lambda v: isinstance(v, str) and Path(v).expanduser().is_file(), "an existing file")
 
+TABLE_FORMATS = ("md", "tex", "csv")
+
 # Config keys (dotted paths; ``method.*`` are method options, checked whichever method declares them). A null value
 # always means "the default" and is never checked. Keys marked in ``EXPLICIT_ONLY`` are only checked when the user
 # gave them (an empty ``datasets`` left unset is filled from the protocol; ``datasets=[]`` given is an error).
@@ -141,6 +143,11 @@ CONFIG_RANGES: dict[str, tuple[Check, ...]] = {
     "sweep.num_samples": (POSITIVE_INT,),
     "report.stats": (one_of(StatsMode.values(), "table statistics"),),
     "report.n_boot": (POSITIVE_INT,),
+    "report.style": (one_of(TableStyle.values(), "table style"),),
+    "report.decimals": (Check(lambda v: _int(v) and 0 <= v <= 6, "an integer in [0, 6]"),),
+    "report.std": (Check(lambda v: isinstance(v, bool), "true or false"),),
+    "report.formats": (NON_EMPTY, Check(lambda v: isinstance(v, (list, tuple)) and set(v) <= set(TABLE_FORMATS),
+                                        f"a list of {', '.join(TABLE_FORMATS)}")),
     "method.dropout_rate": (RATE,),
     "method.iwtd.p_max": (PROBABILITY,),
     "method.iwtd.p_min": (PROBABILITY,),

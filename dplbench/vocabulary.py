@@ -71,6 +71,13 @@ class Sampler(_Vocabulary):
     random = "random"
 
 
+class TableStyle(_Vocabulary):
+    """How much a table shows: everything, or the papers' compact form."""
+
+    default = "default"  # mean ± std, seed counts, every dataset name as registered (toy) or as published
+    paper = "paper"      # means only, readable names for every dataset (toy ones too), ready to paste
+
+
 class StatsMode(_Vocabulary):
     """What tables show of the statistics (docs/statistics.md); the CSV always has every statistics column."""
 

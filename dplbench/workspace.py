@@ -7,6 +7,7 @@ One :class:`Workspace` owns the layout; no other module spells a subfolder or fi
       cache/                                      frozen features, few-shot and long-tail index files
       checkpoints/                                shared source models of transfer units; resume/ mid-training
       tables/  plots/  sweeps/                    rebuilt reports and sweep summaries
+      index.md  index.html                        one page over every protocol: tables, plots, failures, MLflow
       logs/<unit>.log                             the console output and log lines of each unit
       ray/                                        Ray Tune experiment folders
       mlflow.db  mlartifacts/                     the default MLflow tracking database and artifact store
@@ -75,6 +76,14 @@ class Workspace:
     @property
     def plots(self) -> Path:
         return self.root / "plots"
+
+    @property
+    def index_md(self) -> Path:
+        return self.root / "index.md"
+
+    @property
+    def index_html(self) -> Path:
+        return self.root / "index.html"
 
     @property
     def sweeps(self) -> Path:

@@ -155,3 +155,19 @@ def test_log_plots_to_mlflow(monkeypatch, tmp_path):
                      ("active", str(files[0]), "plots")]
     monkeypatch.setitem(sys.modules, "mlflow", None)  # import fails -> nothing logged, no error
     assert log_plots_to_mlflow(files) == 0
+
+
+def test_base_vs_novel_value_axis_is_zoomed_and_labels_fit(tmp_path):
+    from matplotlib.image import imread
+
+    from dplbench.report.plots import value_range
+
+    assert value_range([81.5, 57.5, 67.4], [0.4, 0.4, 0.2]) == pytest.approx((57.1 - 2.48, 81.9 + 2.48))
+    assert value_range([99.5, 98.0], [1.0, float("nan")]) == (97.0, 100.0)
+    assert value_range([float("nan")], [float("nan")]) == (0.0, 100.0)
+    records = [r for r in write_records(tmp_path, toy_b2n_records())]
+    for r in records:  # a long variant label must wrap inside the figure, not run off its edge
+        r["unit"]["overrides"] = {"method.some_rather_long_option_name": 0.25} if r["unit"]["method"] == "coop" else {}
+    (png,) = make_plots(records, "base_novel", tmp_path / "plots", formats=("png",))
+    pixels = imread(png)[..., :3]
+    assert (pixels[:, :3] > 0.99).all() and (pixels[:, -3:] > 0.99).all(), "something is drawn over the edge"

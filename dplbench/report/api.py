@@ -138,8 +138,10 @@ def tables_for_protocol(cfg: Config, selected: Iterable[str] = ()) -> tuple[str,
     out_dir = Workspace.at(cfg.run.output_dir).tables
     statistics = table_statistics([r for r in records if (r.get("unit") or {}).get("protocol", cfg.protocol)
                                    == cfg.protocol], layout, n_boot=cfg.report.n_boot)
-    options = {"protocol": cfg.protocol, "stats": cfg.report.stats, "statistics": statistics}
-    paths = build_tables(records, layout, out_dir=out_dir, **options)
+    report = cfg.report
+    options = {"protocol": cfg.protocol, "stats": report.stats, "statistics": statistics, "style": report.style,
+               "decimals": report.decimals, "show_std": report.std}
+    paths = build_tables(records, layout, out_dir=out_dir, formats=list(report.formats), **options)
     text = render_terminal(records, layout, **options)
     return text + lead_line(statistics) + "\n", paths
 

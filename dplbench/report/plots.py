@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import re
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -281,6 +282,16 @@ def plot_heatmap(frame, layout: str, out_dir: Path, *, protocol: str, metric: st
     return _save(fig, out_dir, _slug(f"{protocol}_heatmap_{kx}_{ky}_{dataset}{_shots_tag(rows, layout)}"), formats)
 
 
+def value_range(means: Sequence[float], stds: Sequence[float]) -> tuple[float, float]:
+    """A value axis zoomed onto the drawn means ± std (10 % margin, at least 1 point), kept within [0, 100]."""
+    finite = [(m, 0.0 if math.isnan(s) else s) for m, s in zip(means, stds) if not math.isnan(m)]
+    if not finite:
+        return 0.0, 100.0
+    low, high = min(m - s for m, s in finite), max(m + s for m, s in finite)
+    pad = max(1.0, 0.1 * (high - low))
+    return max(0.0, low - pad), min(100.0, high + pad)
+
+
 def plot_base_novel(frame, layout: str, out_dir: Path, *, protocol: str, dataset: str | None,
                     formats: Sequence[str]) -> list[Path]:
     """Grouped bars of Base and Novel accuracy (± std) per method, with the HM marked."""
@@ -297,7 +308,9 @@ def plot_base_novel(frame, layout: str, out_dir: Path, *, protocol: str, dataset
         errs = [0.0 if math.isnan(s) else s for s in part["std"]]
         ax.bar([p + offset for p in pos], list(part["mean"]), width=0.4, yerr=errs, capsize=3, label=name)
     ax.scatter(pos, list(hm["mean"]), color="black", marker="D", zorder=3, label="HM")
-    ax.set_xticks(pos, labels, rotation=30, ha="right")
+    ax.set_ylim(*value_range([*base["mean"], *novel["mean"], *hm["mean"]],
+                             [*base["std"], *novel["std"], *hm["std"]]))
+    ax.set_xticks(pos, [textwrap.fill(label, 18) for label in labels], rotation=30, ha="right")
     ax.set_ylabel(f"accuracy (%), {'average' if dataset == AVERAGE else dataset_display(dataset)}")
     ax.set_title(f"{protocol}: base vs novel accuracy")
     ax.grid(axis="y", alpha=0.3)

@@ -26,13 +26,16 @@ import pandas as pd
 from dplbench.errors import DplbenchError, UnknownNameError
 from dplbench.report.aggregation import AVERAGE, aggregate
 from dplbench.report.layouts import layout_spec, resolve_layout
-from dplbench.vocabulary import Layout, StatsMode
-from dplbench.report.reference import (AVERAGE_MEMBERS, COMPARABLE_METHODS, DATASET_NAMES, NOT_COMPARABLE_NOTES,
+from dplbench.schema import TABLE_FORMATS
+from dplbench.vocabulary import Layout, StatsMode, TableStyle
+from dplbench.report.reference import (AVERAGE_MEMBERS, COMPARABLE_METHODS, DATASET_NAMES, DATASET_ORDER,
+                                       NOT_COMPARABLE_NOTES,
                                        PUBLISHED_SHOTS, ReferenceNumbers, dataset_display, load_reference)
 from dplbench.fileio import atomic_write_text
 from dplbench.results import ResultStore
 
-FORMATS = ("md", "tex", "csv")
+FORMATS = TABLE_FORMATS
+STYLES = TableStyle.values()
 STATS_MODES = StatsMode.values()
 TIED = "≈"
 DAGGER = "†"
@@ -81,6 +84,15 @@ class TableModel:
     decimals: int
     show_std: bool
     stats: str = "marks"            # one of STATS_MODES
+    style: str = "default"          # one of STYLES
+
+
+def display_dataset(name: str, style: str = "default") -> str:
+    """The published name of a dataset; in the paper style a readable one for the others too (toy_shapes ->
+    Toy Shapes)."""
+    if name in DATASET_NAMES or name == AVERAGE or style != TableStyle.paper.value:
+        return dataset_display(name)
+    return name.replace("_", " ").title()
 
 
 # --- model ------------------------------------------------------------------------------------------------------
@@ -147,11 +159,17 @@ def _average_comparable(frame, layout: str, protocol: str) -> bool:
 
 
 def build_model(frame, layout: str, *, protocol: str, reference: Any = None, decimals: int = 2,
-                show_std: bool = True, stats: str = "marks", statistics: Any = None) -> TableModel:
+                show_std: bool | None = None, stats: str = "marks", statistics: Any = None,
+                style: str = "default") -> TableModel:
     """Turn the aggregated frame into blocks of rows with bold best cells, published rows and notes; ``frame``
     annotated by ``statistics.annotate`` (a :class:`~dplbench.report.significance.TableStatistics`) adds the
-    intervals and significance marks."""
+    intervals and significance marks. ``style="paper"``: means only (unless ``show_std``), readable dataset names,
+    standard datasets in the papers' order."""
     _check_stats_mode(stats)
+    if style not in STYLES:
+        raise UnknownNameError("table style", style, STYLES)
+    paper = style == TableStyle.paper.value
+    show_std = (not paper) if show_std is None else show_std
     spec = layout_spec(layout)
     layout = spec.name.value
     records = frame.to_dict("records")
@@ -163,6 +181,8 @@ def build_model(frame, layout: str, *, protocol: str, reference: Any = None, dec
         columns_keys = ([c for c in columns_keys if roles[c] == "source"] + [c for c in columns_keys
                         if roles[c] == "target"] + [AVERAGE])
     block_keys = list(dict.fromkeys(_block_key(r, layout) for r in records))
+    if paper:
+        block_keys.sort(key=_paper_rank)
     by_cell = {(_block_key(r, layout), r["variant"], _column_key(r, layout)): r for r in records}
     variants = list(dict.fromkeys(r["variant"] for r in records))
     method_of = {r["variant"]: r for r in records}
@@ -170,7 +190,7 @@ def build_model(frame, layout: str, *, protocol: str, reference: Any = None, dec
     blocks: list[Block] = []
     used_sources: dict[str, set[str]] = {}
     for bkey in block_keys:
-        block = Block(None if (spec.transfer and len(block_keys) == 1) else dataset_display(bkey))
+        block = Block(None if (spec.transfer and len(block_keys) == 1) else display_dataset(bkey, style))
         for variant in variants:
             present = [by_cell.get((bkey, variant, c)) for c in columns_keys]
             if all(p is None for p in present):
@@ -192,16 +212,24 @@ def build_model(frame, layout: str, *, protocol: str, reference: Any = None, dec
         _mark_best(block, decimals)
         blocks.append(block)
 
-    columns = [_column_header(c, layout) for c in columns_keys]
+    columns = [_column_header(c, layout, style) for c in columns_keys]
     groups = spec.column_groups(len(columns_keys))
     block_header = None if spec.transfer and len(block_keys) == 1 else ("Source" if spec.transfer else "Dataset")
     standard = ref is not None and any(d in DATASET_NAMES for d in frame["dataset"])
-    notes = _notes(layout, records, used_sources, standard, {r["method"] for r in records})
+    notes = _notes(layout, records, used_sources, standard, {r["method"] for r in records}, show_std)
     if statistics is not None and stats != "none":
         notes += _stats_notes(statistics, stats, any(isinstance(c, Cell) and c.tied for b in blocks
                                                      for r in b.rows for c in r.cells))
     return TableModel(protocol, layout, spec.caption, columns, groups, block_header, blocks, notes, decimals,
-                      show_std, stats)
+                      show_std, stats, style)
+
+
+def _paper_rank(name: Any) -> tuple[int, int]:
+    """Sort key of the papers' order: the Average first, the standard datasets as published, the rest after
+    (a stable sort keeps their given order)."""
+    if name == AVERAGE:
+        return (0, 0)
+    return (1, DATASET_ORDER.index(name)) if name in DATASET_ORDER else (2, 0)
 
 
 def _check_stats_mode(stats: str) -> None:
@@ -240,10 +268,10 @@ def _cell(row: Mapping[str, Any]) -> Cell:
                 tied=bool(not pd.isna(p_holm) and float(p_holm) >= ALPHA))
 
 
-def _column_header(key: Any, layout: str) -> str:
+def _column_header(key: Any, layout: str, style: str = "default") -> str:
     spec = layout_spec(layout)
     if spec.transfer:
-        return AVERAGE if key == AVERAGE else dataset_display(key)
+        return AVERAGE if key == AVERAGE else display_dataset(key, style)
     if spec.by_shots:
         return f"{key}-shot"
     return METRIC_HEADERS.get(key, key)
@@ -262,13 +290,13 @@ def _mark_best(block: Block, decimals: int) -> None:
 
 
 def _notes(layout: str, records: list[Mapping[str, Any]], used_sources: Mapping[str, set[str]],
-           standard_suite: bool, methods: set[str]) -> list[str]:
+           standard_suite: bool, methods: set[str], show_std: bool = True) -> list[str]:
     seeds = sorted({s for r in records for s in r["seeds"]} | {s for r in records for s in r["missing_seeds"]}
                    | {s for r in records for s, _ in r["failed_seeds"]})
     expected = sorted({int(r["expected_seeds"]) for r in records if r["expected_seeds"]})
     over = (f"over {expected[0]} seeds ({', '.join(map(str, seeds))})" if len(expected) == 1
             else "over the expected seeds of each cell")
-    notes = [f"Mean ± sample std (ddof=1) {over}; (n/N) = seeds with a result / expected seeds. "
+    notes = [("Mean ± sample std (ddof=1)" if show_std else "Mean") + f" {over}; (n/N) = seeds with a result / expected seeds. "
              + layout_spec(layout).rule]
     footnotes = list(dict.fromkeys(n for r in records for n in r["notes"]))
     notes += [f"{DAGGER} {n}" for n in footnotes]
@@ -371,6 +399,32 @@ def to_text(model: TableModel) -> str:
     return "\n".join(lines) + "\n"
 
 
+# --- HTML -------------------------------------------------------------------------------------------------------
+def to_html(model: TableModel) -> str:
+    """A ``<table>`` (caption, spanning block titles, bold best cells) followed by the notes."""
+    from html import escape
+
+    header, _, _ = _grid(model, bold=False)
+    lines = [f'<table class="results" data-protocol="{escape(model.protocol)}">',
+             f"<caption>{escape(model.caption)}</caption>",
+             "<thead><tr>" + "".join(f"<th>{escape(h)}</th>" for h in header) + "</tr></thead>", "<tbody>"]
+    for block in model.blocks:
+        for i, row in enumerate(block.rows):
+            cells = []
+            if model.block_header:
+                cells.append(f'<th scope="rowgroup" rowspan="{len(block.rows)}">{escape(block.title or "")}</th>'
+                             if i == 0 else "")
+            cells.append(f'<td class="label {row.kind}">{escape(_row_label(row))}</td>')
+            for c in row.cells:
+                text, bold = _cell_text(c, row.kind, model.decimals, model.show_std, "±", model.stats)
+                cells.append(f"<td><b>{escape(text)}</b></td>" if bold else f"<td>{escape(text)}</td>")
+            lines.append("<tr>" + "".join(cells) + "</tr>")
+    lines.append("</tbody></table>")
+    if model.notes:
+        lines.append('<ul class="notes">' + "".join(f"<li>{escape(n)}</li>" for n in model.notes) + "</ul>")
+    return "\n".join(lines) + "\n"
+
+
 # --- LaTeX ------------------------------------------------------------------------------------------------------
 _TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
@@ -395,11 +449,19 @@ def tex_escape(text: str) -> str:
     return "".join(out)
 
 
+def latex_label(model: TableModel) -> str:
+    """``tab:<protocol>-<layout>`` (plus ``-paper`` for the paper style): unique per table file a run writes."""
+    parts = [model.protocol, model.layout] + ([model.style] if model.style != TableStyle.default.value else [])
+    return "tab:" + "-".join(p.replace("_", "-") for p in parts)
+
+
 def to_latex(model: TableModel) -> str:
     ncols = 1 + len(model.columns)
-    lines = [r"\begin{table}[t]", r"\centering", r"\small" if ncols > 6 else "",
+    lines = [f"% dplbench table {latex_label(model)}: needs \\usepackage{{booktabs}} "
+             "(\\toprule, \\midrule, \\cmidrule, \\bottomrule)",
+             r"\begin{table}[t]", r"\centering", r"\small" if ncols > 6 else "",
              r"\caption{" + tex_escape(f"{model.caption} ({model.protocol}).") + "}",
-             r"\label{tab:" + model.protocol.replace("_", "-") + "}",
+             r"\label{" + latex_label(model) + "}",
              r"\begin{tabular}{l" + "c" * len(model.columns) + "}", r"\toprule"]
     lines = [line for line in lines if line]
     if model.groups:
@@ -476,8 +538,8 @@ def _records_for(records: Iterable[Mapping[str, Any]], protocol: str) -> list[Ma
 
 def build_tables(records: Iterable[Mapping[str, Any]], layout: str, *, protocol: str, out_dir: str | Path,
                  formats: Sequence[str] = FORMATS, reference: Any = None, decimals: int = 2,
-                 round_per_seed: int | None = None, show_std: bool = True, stats: str = "marks",
-                 statistics: Any = None, n_boot: int | None = None) -> dict[str, Path]:
+                 round_per_seed: int | None = None, show_std: bool | None = None, stats: str = "marks",
+                 statistics: Any = None, n_boot: int | None = None, style: str = "default") -> dict[str, Path]:
     """Write ``<out_dir>/<protocol>.{md,tex,csv}``; returns {format: path}.
 
     ``out_dir`` is the tables folder itself (the CLI passes ``<output_dir>/tables``). ``reference``: None = the
@@ -494,7 +556,7 @@ def build_tables(records: Iterable[Mapping[str, Any]], layout: str, *, protocol:
     frame, statistics = _annotated_frame(records, layout, round_per_seed, statistics, n_boot)
     ref = _resolve_reference(reference, protocol) or False
     model = build_model(frame, layout, protocol=protocol, reference=ref, decimals=decimals, show_std=show_std,
-                        stats=stats, statistics=statistics)
+                        stats=stats, statistics=statistics, style=style)
     writers = {"md": lambda: to_markdown(model), "tex": lambda: to_latex(model),
                "csv": lambda: to_csv(frame, layout, protocol=protocol, reference=ref)}
     paths = {}
@@ -517,8 +579,8 @@ def _annotated_frame(records: list[Mapping[str, Any]], layout: str, round_per_se
 
 def render_terminal(records: Iterable[Mapping[str, Any]], layout: str, *, protocol: str | None = None,
                     reference: Any = None, decimals: int = 2, round_per_seed: int | None = None,
-                    show_std: bool = True, stats: str = "marks", statistics: Any = None,
-                    n_boot: int | None = None) -> str:
+                    show_std: bool | None = None, stats: str = "marks", statistics: Any = None,
+                    n_boot: int | None = None, style: str = "default") -> str:
     """Plain-text table (aligned columns, notes below) to print at the end of ``dplbench run``."""
     _check_stats_mode(stats)
     records = list(records)
@@ -530,7 +592,7 @@ def render_terminal(records: Iterable[Mapping[str, Any]], layout: str, *, protoc
     records = _records_for(records, protocol)
     frame, statistics = _annotated_frame(records, layout, round_per_seed, statistics, n_boot)
     model = build_model(frame, layout, protocol=protocol, reference=reference, decimals=decimals,
-                        show_std=show_std, stats=stats, statistics=statistics)
+                        show_std=show_std, stats=stats, statistics=statistics, style=style)
     return to_text(model)
 
 
