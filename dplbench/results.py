@@ -66,6 +66,7 @@ def read_result(path: str | Path) -> dict[str, Any]:
     problem = _type_problem(record)
     if problem:
         raise CorruptResultError(f"{path}: {problem}")
+    record["_path"] = str(path)  # where it was read from: its sidecar lies next to it
     return record
 
 
@@ -186,5 +187,4 @@ class ResultStore:
             except CorruptResultError as exc:
                 log.warning("ignoring %s", exc)
                 continue
-            record["_path"] = str(path)
             yield record

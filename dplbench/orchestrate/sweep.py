@@ -690,8 +690,7 @@ def _statistics_from_store(cfg: Config, plan: SweepPlan, trials: list[dict[str, 
         for trial in trials:
             for unit in expand_units(apply_params(cfg, trial["params"]), extra_overrides=trial["params"]):
                 record = store.load(unit.unit_dict(), unit.config_hash)
-                if record is not None:  # where its sidecar is found (load does not say)
-                    record["_path"] = str(store.path_for(unit.unit_dict(), unit.config_hash))
+                if record is not None:
                     records.append(record)
         layout = PROTOCOLS.get(cfg.protocol).table.get("layout", cfg.protocol)
         return sweep_statistics(records, trials, layout=layout, metric=plan.metric, mode=plan.mode,
