@@ -318,7 +318,7 @@ def test_a_truncated_image_fails_with_its_path_and_dataset(tmp_path):
 def test_an_empty_imagenet_class_folder_is_an_error(tmp_path, monkeypatch):
     from dplbench.data import load_dataset
 
-    from tests.test_data_layouts import make_imagenet
+    from test_data_layouts import make_imagenet
 
     monkeypatch.setenv("DPLBENCH_CACHE", str(tmp_path / "cache"))
     d = make_imagenet(tmp_path)
