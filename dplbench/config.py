@@ -18,7 +18,8 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from dplbench.errors import ConfigError, did_you_mean
 from dplbench.orchestrate.settings import RayConfig, SweepConfig, TrackingConfig
-from dplbench.schema import CONFIG_RANGES, EXPLICIT_ONLY, check_ranges, check_value, describe_omegaconf_error, flatten
+from dplbench.schema import CONFIG_RANGES, EXPLICIT_ONLY, check_ranges, check_value, describe_omegaconf_error
+from dplbench.units import flatten
 
 
 @dataclass
@@ -192,17 +193,24 @@ def load_config_file(path: str | Path) -> list[tuple[str, Any]]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys to values")
     return [pair for k, v in data.items() for pair in
-            ([(k, v)] if k == "method" and not isinstance(v, dict) else flatten(k, v))]
+            ([(k, v)] if k == "method" and not isinstance(v, dict) else list(flatten(v, k).items()))]
+
+
+def user_settings(overrides: list[str] | None = None,
+                  config_file: str | Path | None = None) -> list[tuple[str, Any]]:
+    """The (dotted key, value) pairs the user gave, config file first, shorthands resolved (``method=coop`` ->
+    ``methods``); a shorthand given twice in one source is an error."""
+    file_pairs = load_config_file(config_file) if config_file else []
+    cli_pairs = parse_overrides(list(overrides or []))
+    reject_conflicting_shorthands(file_pairs)
+    reject_conflicting_shorthands(cli_pairs)
+    return [_apply_shorthand(k, v) for k, v in file_pairs + cli_pairs]
 
 
 def build_config(overrides: list[str] | None = None, config_file: str | Path | None = None,
                  *, validate_methods: bool = True) -> DictConfig:
     """Resolve the full configuration: defaults, protocol, config file, then command-line overrides."""
-    file_pairs = load_config_file(config_file) if config_file else []
-    cli_pairs = parse_overrides(list(overrides or []))
-    reject_conflicting_shorthands(file_pairs)
-    reject_conflicting_shorthands(cli_pairs)
-    pairs = [_apply_shorthand(k, v) for k, v in file_pairs + cli_pairs]
+    pairs = user_settings(overrides, config_file)
     cfg = OmegaConf.structured(Config)
     for key, value in pairs:
         _set(cfg, key, value)
@@ -216,9 +224,8 @@ def build_config(overrides: list[str] | None = None, config_file: str | Path | N
 
 
 def explicit_keys(overrides: list[str] | None = None, config_file: str | Path | None = None) -> set[str]:
-    """The dotted keys the user set (shorthands resolved: ``method=coop`` -> ``methods``): what a report selects."""
-    pairs = (load_config_file(config_file) if config_file else []) + parse_overrides(list(overrides or []))
-    return {_apply_shorthand(key, value)[0] for key, value in pairs}
+    """The dotted keys the user set (shorthands resolved): what a report selects."""
+    return {key for key, _ in user_settings(overrides, config_file)}
 
 
 def reject_conflicting_shorthands(pairs: list[tuple[str, Any]]) -> None:
@@ -244,7 +251,7 @@ def check_config_ranges(cfg: DictConfig, explicit: set[str]) -> None:
         value = OmegaConf.select(cfg, key)
         check_value(key, OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value,
                     CONFIG_RANGES)
-    check_ranges(flatten("method", OmegaConf.to_container(cfg.method, resolve=True)), CONFIG_RANGES)
+    check_ranges(flatten(OmegaConf.to_container(cfg.method, resolve=True), "method").items(), CONFIG_RANGES)
 
 
 def absolutize_paths(cfg: DictConfig) -> None:
@@ -314,7 +321,7 @@ def validate_method_options(methods: list[str], options: dict[str, Any]) -> None
     """Each ``method.<key>`` must exist (with a compatible type) in at least one selected method's options."""
     from dplbench.catalog import METHODS
 
-    flat = flatten("", options)
+    flat = flatten(options).items()
     schemas = {}
     for name in methods:
         adapter = METHODS.get(name)
@@ -337,7 +344,7 @@ def validate_method_options(methods: list[str], options: dict[str, Any]) -> None
             continue
         if errors:
             raise ConfigError(f"invalid value for method.{key}={value!r} ({errors[0]})")
-        valid = sorted({k for s in schemas.values() for k, _ in flatten("", OmegaConf.to_container(s))})
+        valid = sorted({k for s in schemas.values() for k in flatten(OmegaConf.to_container(s))})
         hint = did_you_mean(key, valid)
         msg = f"unknown method option 'method.{key}' for methods {', '.join(methods)}"
         if hint:

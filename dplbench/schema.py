@@ -192,14 +192,3 @@ def check_ranges(values: Iterable[tuple[str, Any]], table: Mapping[str, tuple[Ch
     """Check every (dotted key, value) pair that ``table`` constrains."""
     for key, value in values:
         check_value(key, value, table, where)
-
-
-def flatten(prefix: str, value: Any) -> list[tuple[str, Any]]:
-    """``("a", {"b": 1, "c": {"d": 2}})`` -> ``[("a.b", 1), ("a.c.d", 2)]``; non-mappings are leaves, empty
-    mappings vanish."""
-    if isinstance(value, Mapping):
-        out: list[tuple[str, Any]] = []
-        for k, v in value.items():
-            out.extend(flatten(f"{prefix}.{k}" if prefix else str(k), v))
-        return out
-    return [(prefix, value)]

@@ -222,11 +222,12 @@ def test_every_range_key_names_a_real_config_key_or_method_option():
 
     from dplbench.catalog import METHODS
     from dplbench.config import Config
-    from dplbench.schema import CONFIG_RANGES, flatten
+    from dplbench.schema import CONFIG_RANGES
+    from dplbench.units import flatten
 
     defaults = OmegaConf.structured(Config)
-    options = {f"method.{key}" for name in METHODS.list() for key, _ in
-               flatten("", dataclasses.asdict(METHODS.get(name).Options()))}
+    options = {f"method.{key}" for name in METHODS.list() for key in
+               flatten(dataclasses.asdict(METHODS.get(name).Options()))}
     for key in CONFIG_RANGES:
         if key.startswith("method."):
             assert key in options, key
