@@ -517,3 +517,24 @@ def test_only_default_16_shot_runs_get_published_rows(tmp_path):
     assert "79.44" in lines[paper[0]] and "Δ vs paper" in lines[paper[0] + 1]
     frame = aggregate(records, "base2novel")
     assert set(frame.variant) == {"CoOp [16-shot]", "CoOp (n_ctx=16) [16-shot]", "CoOp [8-shot]"}
+
+
+def test_datasets_follow_the_protocol_order_in_every_style(tmp_path):
+    """Real result files carry no dataset list: the order is the protocol YAML's, not alphabetical."""
+    protocol_order = ["toy_shapes_noisy", "toy_shapes_lowcontrast", "toy_patterns_noisy"]
+    assert sorted(protocol_order) != protocol_order
+    records = write_records(tmp_path / "runs", [
+        make_record("base2novel", "coop", d, s, b2n(80.0, 60.0, s), config={"seeds": SEEDS})
+        for d in sorted(protocol_order) for s in SEEDS])
+    frame = aggregate(records, "base2novel")
+    assert list(dict.fromkeys(frame.loc[frame.role == "dataset", "dataset"])) == protocol_order
+    for style, names in (("default", protocol_order), ("paper", ["Toy Shapes Noisy", "Toy Shapes Lowcontrast",
+                                                                 "Toy Patterns Noisy"])):
+        paths = build_tables(records, "base2novel", protocol="base2novel", out_dir=tmp_path / "tables",
+                             style=style, n_boot=20)
+        for fmt in ("md", "tex"):
+            text = paths[fmt].read_text()
+            found = [text.index(n if fmt == "md" else tex_escape(n)) for n in names]
+            assert found == sorted(found), (style, fmt)
+        csv_rows = list(csv.DictReader(io.StringIO(paths["csv"].read_text())))
+        assert list(dict.fromkeys(r["dataset"] for r in csv_rows if r["role"] == "dataset")) == protocol_order

@@ -124,6 +124,18 @@ def _merged_order(lists: Iterable[Sequence[Any]], seen: Iterable[Any], canonical
     return order
 
 
+def _protocol_dataset_order(protocols: Iterable[str]) -> tuple[str, ...]:
+    """The order the records' protocols list their datasets in (their YAML files), then the papers' order: tables
+    show datasets as the protocol lists them, never alphabetically (names no protocol lists come last, sorted)."""
+    from dplbench.catalog import PROTOCOLS
+
+    order: list[str] = []
+    for name in sorted(protocols):
+        if name in PROTOCOLS:
+            order += PROTOCOLS.get(name).dataset_order
+    return tuple(dict.fromkeys([*order, *DATASET_ORDER]))
+
+
 def _config_list(config: Mapping[str, Any], key: str) -> list[Any]:
     value = config.get(key)
     return list(value) if isinstance(value, (list, tuple)) else []
@@ -159,6 +171,7 @@ class _Builder:
         if not self.obs:
             raise DplbenchError(f"no result records to build a {self.layout} table from")
         self.protocol = ",".join(sorted({o.protocol for o in self.obs}))
+        self.dataset_order = _protocol_dataset_order({o.protocol for o in self.obs})
         self.rows: list[dict[str, Any]] = []
         all_shots = {o.shots for o in self.obs}
         mixed_shots = not self.spec.by_shots and len(all_shots) > 1
@@ -270,7 +283,7 @@ class _Builder:
 
     def datasets(self) -> list[str]:
         return _merged_order((_config_list(o.config, "datasets") for o in self.obs), {o.dataset for o in self.obs},
-                             DATASET_ORDER)
+                             self.dataset_order)
 
     def build(self) -> list[dict[str, Any]]:
         if self.spec.transfer:
@@ -347,7 +360,7 @@ class _Builder:
 
     def build_transfer(self) -> None:
         for variant, vobs in self.by_variant().items():
-            sources = _merged_order((), {o.config.get("source") or o.dataset for o in vobs}, DATASET_ORDER)
+            sources = _merged_order((), {o.config.get("source") or o.dataset for o in vobs}, self.dataset_order)
             for source in sources:
                 group = [o for o in vobs if (o.config.get("source") or o.dataset) == source]
                 targets = self._targets(source, group)
@@ -365,7 +378,7 @@ class _Builder:
         source_groups = [o for o in self.obs if (o.config.get("source") or o.dataset) == source]
         configured = [_config_list(o.config, "targets") for o in source_groups]
         seen = {k[len("acc/"):] for o in source_groups for k in o.metrics if k.startswith("acc/")}
-        targets = _merged_order(configured, seen if not any(configured) else (), DATASET_ORDER)
+        targets = _merged_order(configured, seen if not any(configured) else (), self.dataset_order)
         return [t for t in targets if t != source]
 
 

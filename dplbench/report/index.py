@@ -19,8 +19,10 @@ from typing import Any
 from dplbench.fileio import atomic_write_text
 from dplbench.report.aggregation import AVERAGE, aggregate
 from dplbench.report.layouts import layout_spec
-from dplbench.report.tables import TableModel, build_model, to_html, to_markdown
+from dplbench.report.tables import TableModel, build_model, table_file, to_html, to_markdown
 from dplbench.results import ResultStore
+from dplbench.schema import TABLE_FORMATS
+from dplbench.vocabulary import TableStyle
 from dplbench.workspace import Workspace
 
 
@@ -107,7 +109,8 @@ def _section(ws: Workspace, protocol: str, suite: str, backbone: str, records: l
         done, failed = counts.get((row["method"], row["overrides"]), [0, 0])
         variants.append(VariantSummary(row["variant"], done, failed, _headline(frame, layout, row["method"], row["overrides"])))
     problems = list(dict.fromkeys(n for notes in frame["notes"] for n in notes))
-    tables = [p for p in (ws.tables / f"{protocol}.{fmt}" for fmt in ("md", "tex", "csv")) if p.is_file()]
+    tables = [p for p in (table_file(ws.tables, protocol, fmt, style) for style in TableStyle.values()
+                          for fmt in TABLE_FORMATS) if p.is_file()]
     return ProtocolSection(protocol, suite, backbone, model, variants, problems, plots, tables)
 
 

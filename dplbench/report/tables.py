@@ -540,7 +540,8 @@ def build_tables(records: Iterable[Mapping[str, Any]], layout: str, *, protocol:
                  formats: Sequence[str] = FORMATS, reference: Any = None, decimals: int = 2,
                  round_per_seed: int | None = None, show_std: bool | None = None, stats: str = "marks",
                  statistics: Any = None, n_boot: int | None = None, style: str = "default") -> dict[str, Path]:
-    """Write ``<out_dir>/<protocol>.{md,tex,csv}``; returns {format: path}.
+    """Write ``<out_dir>/<protocol>.{md,tex,csv}`` (style ``paper``: ``<protocol>.paper.{md,tex,csv}``, beside
+    the default files); returns {format: path}.
 
     ``out_dir`` is the tables folder itself (the CLI passes ``<output_dir>/tables``). ``reference``: None = the
     repository's reference numbers when they cover the protocol; False = none; a path or ReferenceNumbers.
@@ -561,10 +562,17 @@ def build_tables(records: Iterable[Mapping[str, Any]], layout: str, *, protocol:
                "csv": lambda: to_csv(frame, layout, protocol=protocol, reference=ref)}
     paths = {}
     for fmt in formats:
-        path = Path(out_dir) / f"{protocol}.{fmt}"
+        path = table_file(out_dir, protocol, fmt, style)
         atomic_write_text(path, writers[fmt]())
         paths[fmt] = path
     return paths
+
+
+def table_file(out_dir: str | Path, protocol: str, fmt: str, style: str = "default") -> Path:
+    """``<protocol>.<fmt>``, or ``<protocol>.<style>.<fmt>`` for another style: the paper-style files sit beside
+    the default ones instead of replacing them."""
+    tag = "" if style == TableStyle.default.value else f".{style}"
+    return Path(out_dir) / f"{protocol}{tag}.{fmt}"
 
 
 def _annotated_frame(records: list[Mapping[str, Any]], layout: str, round_per_seed: int | None, statistics: Any,
