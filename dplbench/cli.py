@@ -53,7 +53,9 @@ DESCRIPTIONS = {
     "run": "Expand the protocol into units (method x dataset x shots x seed), train and evaluate the pending ones "
            "(Ray Tune; units already done are skipped), then print the table.\n\n" + COMMON_KEYS +
            "  run.device=auto|cpu|cuda  ray.enabled=false (in this process)  tracking.enabled=false (no MLflow)\n"
-           "  --force                  recompute finished units\n\n"
+           "  --force                  recompute finished units\n"
+           "  --verbose                also Ray's, Tune's and MLflow's INFO lines (run.log_level=info; default: "
+           "their warnings only)\n\n"
            "The data is checked before anything starts (`dplbench validate data` shows the details).\n"
            "Per-unit logs: <run.output_dir>/logs/<unit>.log",
     "sweep": "Grid or Optuna search over config keys; every trial runs all units of the run and writes their "
@@ -112,10 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = add("run", "run a protocol: expand units, train and evaluate them, print the table")
     _add_config_args(run)
     run.add_argument("--force", action="store_true", help="recompute units that are already done")
+    run.add_argument("--verbose", action="store_true", help="show Ray's, Tune's and MLflow's INFO lines too")
 
     sweep = add("sweep", "grid or Optuna search over config keys (e.g. the ablation sweeps)")
     _add_config_args(sweep)
     sweep.add_argument("--force", action="store_true", help="recompute units that are already done")
+    sweep.add_argument("--verbose", action="store_true", help="show Ray's, Tune's and MLflow's INFO lines too")
 
     for name, text in (("table", "rebuild a protocol's tables (md, tex, csv) from its result files "
                                  "(stats=ci adds intervals)"),
@@ -153,6 +157,8 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     overrides = list(args.overrides)
     if getattr(args, "force", False):
         overrides.append("run.force=true")
+    if getattr(args, "verbose", False):
+        overrides.append("run.log_level=info")
     return overrides
 
 

@@ -66,6 +66,7 @@ class RunConfig:
     device: str = "auto"                  # auto | cpu | cuda | cuda:N | mps
     output_dir: str = "results"
     force: bool = False                   # recompute finished units
+    log_level: str = "warning"            # what Ray, Tune and MLflow print on the console (--verbose: info)
     command: list[str] = field(default_factory=list)  # the user's command line (set by the CLI; recorded in results)
 
 

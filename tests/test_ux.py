@@ -106,6 +106,50 @@ def test_progress_lines_show_eta_and_units_log_to_the_workspace(tmp_path, capsys
     assert len(logs) == 2 and "training coop-toy_shapes_noisy" in logs[0].read_text()
 
 
+# Ray's, Tune's, MLflow's and alembic's INFO lines as they read on a console (logger format of each library)
+LIBRARY_INFO = ("INFO worker.py", "Started a local Ray instance", "INFO tune.py", "Wrote the latest version",
+                "INFO mlflow", "Creating initial MLflow database tables", "Updating database tables",
+                "Context impl", "Will assume non-transactional DDL", "Running upgrade")
+
+
+def _console(tmp_path: Path, *keys: str) -> str:
+    """stdout + stderr of a real `dplbench run` of one zero-shot toy unit, tracking on (a fresh MLflow database)."""
+    proc = subprocess.run([sys.executable, "-m", "dplbench", "run", "method=zsclip", "dataset=toy_shapes_noisy",
+                           "seeds=[1]", f"run.output_dir={tmp_path}", *keys], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def test_mlflow_info_lines_stay_off_the_console_unless_asked(tmp_path, capfd):
+    """A fresh MLflow database logs its creation and migration at INFO: not shown unless run.log_level=info."""
+    from dplbench.orchestrate import tracking
+
+    try:
+        for level, shown in (("warning", False), ("info", True)):
+            cfg = build_config([f"run.output_dir={tmp_path / level}", f"run.log_level={level}"])
+            info = tracking.start_parent(cfg, "run-test", {}, {})
+            tracking.end_parent(info, {}, failed=False)
+            console = "".join(capfd.readouterr())
+            assert ("Creating initial MLflow database tables" in console) is shown, console
+            assert shown or not [line for line in console.splitlines() if any(s in line for s in LIBRARY_INFO)]
+    finally:
+        from dplbench.orchestrate.console import hold_library_logs
+
+        hold_library_logs("warning")
+    assert main(["run", "--verbose", "--cfg"]) == 0 and "log_level: info" in capfd.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_ray_run_prints_dplbench_lines_and_library_warnings_only(tmp_path):
+    """A real `dplbench run` with Ray and MLflow (a fresh local instance and database): the console holds
+    dplbench's lines, not the libraries' INFO lines."""
+    out = _console(tmp_path, "ray.num_cpus=1")
+    assert "[1/1] done" in out and "Average" in out
+    leaked = [line for line in out.splitlines() if any(s in line for s in LIBRARY_INFO)]
+    assert not leaked, "\n".join(leaked)
+
+
 # -- 7. data -----------------------------------------------------------------------------------------------------
 def test_validate_data_on_a_missing_root_is_fast_and_nonzero():
     start = time.perf_counter()

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dplbench.fileio import file_lock
+from dplbench.orchestrate.console import hold_library_logs
 from dplbench.orchestrate.processes import ProcessId
 from dplbench.workspace import Workspace
 
@@ -123,6 +124,7 @@ def start_parent(cfg: Config, run_name: str, params: Mapping[str, Any], tags: Ma
     from dplbench.errors import DplbenchError
 
     require_reachable(uri)
+    hold_library_logs(cfg.run.log_level)  # after the import above: MLflow set its loggers when imported
     workspace = Workspace.at(cfg.run.output_dir)
     try:
         with file_lock(workspace.mlflow_lock):
