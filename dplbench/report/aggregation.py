@@ -47,18 +47,28 @@ class Variant:
         label = method_display(self.method)
         extra = json.loads(self.overrides)
         if extra:
-            label += " (" + ", ".join(f"{_short_key(k)}={_fmt_value(v)}" for k, v in extra.items()) + ")"
+            label += " (" + ", ".join(f"{short_key(k)}={format_value(v)}" for k, v in extra.items()) + ")"
         if self.shots is not None:
             label += f" [{self.shots}-shot]"
         return label
 
 
-def _short_key(key: str) -> str:
+def short_key(key: str) -> str:
+    """An override key as rows and columns show it (``method.n_ctx`` -> ``n_ctx``)."""
     return key[len("method."):] if key.startswith("method.") else key
 
 
-def _fmt_value(value: Any) -> str:
+def format_value(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+def _overrides_order(overrides: str) -> tuple:
+    """Sort key of a variant's overrides: by key, then numbers by value (0.05 before 0.1), other values as text."""
+    def value(v: Any) -> tuple:
+        number = isinstance(v, (int, float)) and not isinstance(v, bool)
+        return (0, float(v), "") if number else (1, 0.0, json.dumps(v, sort_keys=True))
+
+    return tuple((k, value(v)) for k, v in sorted(json.loads(overrides).items()))
 
 
 @dataclass
@@ -181,8 +191,8 @@ class _Builder:
         methods = _merged_order((_config_list(c, "methods") for c in configs), {o.method for o in self.obs},
                                 METHOD_ORDER)
         variants = set(self.variant_of.values())
-        self.variants = sorted(variants, key=lambda v: (methods.index(v.method), v.overrides != "{}", v.overrides,
-                                                        v.shots or 0))
+        self.variants = sorted(variants, key=lambda v: (methods.index(v.method), v.overrides != "{}",
+                                                        _overrides_order(v.overrides), v.shots or 0))
         self.all_seeds = sorted({s for c in configs for s in _config_list(c, "seeds")} | {o.seed for o in self.obs})
 
     # --- per-seed collection ------------------------------------------------------------------------------------
