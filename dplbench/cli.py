@@ -288,7 +288,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     check_before_start(cfg)
     summary = run(cfg, units)
-    _print_tables(cfg, set())
+    from dplbench.report.api import naming_variants
+
+    _print_tables(cfg, naming_variants(_selected(args)))  # the protocol's table, with this run's variants if any
     return 0 if summary.ok else 1
 
 

@@ -93,6 +93,46 @@ def test_optuna_values_print_rounded():
     assert "train.lr=0.001235" in str(summary)
 
 
+# -- 3. sweeps do not pollute the main table --------------------------------------------------------------------
+def test_variants_join_the_main_table_only_when_asked(tmp_path, capsys):
+    import dplbench
+    from dplbench.report.api import naming_variants
+
+    one = ["method=coop", "datasets=[toy_shapes_noisy]", "seeds=[1]"]
+    _run(tmp_path / "variants", *one, "method.n_ctx=8")
+    out = f"run.output_dir={tmp_path / 'variants'}"
+    capsys.readouterr()
+    assert main(["table", out]) == 2  # nothing but variants: said how to show them
+    assert "report.variants=true" in capsys.readouterr().err
+    assert main(["table", out, "report.variants=true"]) == 0 and "(n_ctx=8)" not in capsys.readouterr().out
+
+    _run(tmp_path, *one)
+    _run(tmp_path, *one, "method.n_ctx=8")
+    _run(tmp_path, *one, "method.n_ctx=2")
+    out = f"run.output_dir={tmp_path}"
+    tables = tmp_path / "tables"
+    for keys, knob_values in (([], None), (["methods=[coop]"], None), (["report.variants=true"], ["—", "2", "8"]),
+                              (["method.n_ctx=8"], None), (["sweep.params.method.n_ctx=[2,8]"], ["2", "8"])):
+        assert main(["table", out, "report.n_boot=20", *keys]) == 0, keys
+        md = (tables / "base2novel.md").read_text()
+        assert ("Every row: n_ctx=8." in md) is (keys == ["method.n_ctx=8"])
+        header, _, *rows = [line for line in md.splitlines() if line.startswith("| ")]
+        rows = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
+        if knob_values is None:  # one row per block, no knob column
+            assert "n_ctx" not in header and len(rows) == 2, keys
+        else:
+            assert header.split("|")[3].strip() == "n_ctx" and [r[2] for r in rows[:len(knob_values)]] == knob_values
+    assert len(dplbench.load_results(**{"run.output_dir": str(tmp_path)})) == 1
+    assert len(dplbench.load_results(**{"run.output_dir": str(tmp_path), "report.variants": True})) == 3
+    assert naming_variants({"methods", "seeds", "backbone.pretrained", "run.device", "train.epochs", "sweep.name",
+                            "method.n_ctx", "report.variants"}) == {"train.epochs", "sweep.name", "method.n_ctx"}
+    capsys.readouterr()
+    assert main(["plot", out]) == 0  # the ablation over n_ctx comes from the variants; the main table's plots not
+    assert any("ablation_method.n_ctx" in line for line in capsys.readouterr().out.splitlines())
+    index = (tmp_path / "index.md").read_text()
+    assert "2 variant(s) (units run with overrides, e.g. sweeps) are not in this table" in index
+
+
 # -- 6. progress and logs ----------------------------------------------------------------------------------------
 def test_progress_lines_show_eta_and_units_log_to_the_workspace(tmp_path, capsys):
     from dplbench.orchestrate.timing import eta_text

@@ -18,6 +18,7 @@ from typing import Any
 
 from dplbench.fileio import atomic_write_text
 from dplbench.report.aggregation import AVERAGE, aggregate
+from dplbench.report.api import is_variant
 from dplbench.report.layouts import layout_spec
 from dplbench.report.tables import TableModel, build_model, table_file, to_html, to_markdown
 from dplbench.results import ResultStore
@@ -98,7 +99,15 @@ def _section(ws: Workspace, protocol: str, suite: str, backbone: str, records: l
              plots: list[Path]) -> ProtocolSection:
     layout = _layout(protocol, records)
     frame = aggregate(records, layout)
-    model = build_model(frame, layout, protocol=protocol, stats="none")
+    main = [r for r in records if not is_variant(r)]
+    if main and len(main) < len(records):  # the main table, as `dplbench table` shows it; variants in the summary
+        model = build_model(aggregate(main, layout), layout, protocol=protocol, stats="none")
+        hidden = len({json.dumps([r["unit"]["method"], r["unit"].get("overrides")], sort_keys=True, default=str)
+                      for r in records if is_variant(r)})
+        model.notes.append(f"{hidden} variant(s) (units run with overrides, e.g. sweeps) are not in this table: see "
+                           "'Per variant' below, or `dplbench table report.variants=true`.")
+    else:
+        model = build_model(frame, layout, protocol=protocol, stats="none")
     counts: dict[tuple[str, str], list[int]] = {}
     for record in records:
         unit = record.get("unit") or {}

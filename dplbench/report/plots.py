@@ -26,6 +26,8 @@ from dplbench.report.reference import dataset_display, method_display
 log = logging.getLogger(__name__)
 
 PLOT_KINDS = ("ablation", "heatmap", "base_novel", "few_shot")
+# several kinds at once, each drawn where the records support it: the main table's plots and the sweeps' plots
+PLOT_GROUPS = {"all": PLOT_KINDS, "main": ("base_novel", "few_shot"), "sweep": ("ablation", "heatmap")}
 PLOT_FORMATS = ("png", "pdf")
 
 
@@ -379,8 +381,9 @@ def make_plots(records: Iterable[Mapping[str, Any]], kind: str, out_dir: str | P
                protocol: str | None = None, metric: str | None = None, dataset: str | None = None,
                x: str | None = None, y: str | None = None, shots: int | None = None,
                formats: Sequence[str] = PLOT_FORMATS, n_boot: int | None = None) -> list[Path]:
-    """Draw one kind of plot (``ablation`` | ``heatmap`` | ``base_novel`` | ``few_shot``, or ``all`` for every
-    kind the records support) into ``out_dir`` (the CLI passes ``<output_dir>/plots``); returns the files written.
+    """Draw one kind of plot (``ablation`` | ``heatmap`` | ``base_novel`` | ``few_shot``, or a group of
+    :data:`PLOT_GROUPS`: ``all``, ``main``, ``sweep``, each kind of it the records support) into ``out_dir`` (the CLI
+    passes ``<output_dir>/plots``); returns the files written.
 
     ``metric`` defaults to the layout's headline metric (hm, top1, acc, overall); ``dataset`` to the Average;
     ``x`` / ``y`` choose the swept override keys (e.g. ``method.iwtd.p_max``); few-shot sweeps are compared at
@@ -390,8 +393,8 @@ def make_plots(records: Iterable[Mapping[str, Any]], kind: str, out_dir: str | P
     records = list(records)
     if not records:
         raise DplbenchError("no result records to plot")
-    if kind != "all" and kind not in PLOT_KINDS:
-        raise UnknownNameError("plot kind", kind, (*PLOT_KINDS, "all"))
+    if kind not in PLOT_GROUPS and kind not in PLOT_KINDS:
+        raise UnknownNameError("plot kind", kind, (*PLOT_KINDS, *PLOT_GROUPS))
     bad = [f for f in formats if f not in PLOT_FORMATS]
     if bad:
         raise UnknownNameError("plot format", bad[0], PLOT_FORMATS)
@@ -422,12 +425,12 @@ def make_plots(records: Iterable[Mapping[str, Any]], kind: str, out_dir: str | P
         "base_novel": lambda: plot_base_novel(frame, layout, out, dataset=dataset, **common),
         "few_shot": lambda: plot_few_shot(frame, layout, out, dataset=dataset, **common),
     }
-    if kind != "all":
+    if kind not in PLOT_GROUPS:
         return drawers[kind]()
     paths: list[Path] = []
-    for name, draw in drawers.items():
+    for name in PLOT_GROUPS[kind]:
         try:
-            paths += draw()
+            paths += drawers[name]()
         except DplbenchError as exc:
             log.info("skipping %s plot: %s", name, exc)
     return paths
