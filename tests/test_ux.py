@@ -235,6 +235,42 @@ def test_lift_folder_names_and_images_next_to_the_split_files(tmp_path):
     assert splits.image_dir == d and len(splits.train) == 2
 
 
+def test_result_files_record_the_sha256_of_the_split_and_few_shot_files(tmp_path, monkeypatch):
+    import hashlib
+
+    from test_data_layouts import make_json_dataset
+
+    from dplbench.data.fewshot import fewshot_path
+    from dplbench.results import read_result
+
+    monkeypatch.setenv("DPLBENCH_CACHE", str(tmp_path / "cache"))
+    make_json_dataset(tmp_path / "data", "eurosat")
+    split_file = tmp_path / "data" / "eurosat" / "split_zhou_EuroSAT.json"
+
+    def recorded(out: Path) -> dict:  # the real executor, on the toy backbone
+        cfg = build_config([f"run.output_dir={out}", "ray.enabled=false", "tracking.enabled=false",
+                            "protocol=few_shot", "suite=standard", "method=zsclip", "datasets=[eurosat]", "seeds=[1]",
+                            "shots=[1]", f"data.root={tmp_path / 'data'}"])
+        summary = runner.run(cfg, expand_units(cfg))
+        record = read_result(summary.paths[0])
+        assert record["status"] == "done", record["error"]
+        return record["faithfulness"]["data_files"]["eurosat"]
+
+    def sha256(path: Path) -> str:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    files = recorded(tmp_path / "first")
+    index = fewshot_path(tmp_path / "first" / "cache", "eurosat", 1, 1)
+    assert files == {"split": {"file": split_file.name, "sha256": sha256(split_file)},
+                     "fewshot": {"file": index.name, "sha256": sha256(index)}}
+    split = json.loads(split_file.read_text())
+    split["test"] = split["test"][:-1]  # an edited split file: another hash, recorded as such
+    split_file.write_text(json.dumps(split))
+    edited = recorded(tmp_path / "second")
+    assert edited["split"] == {"file": split_file.name, "sha256": sha256(split_file)}
+    assert edited["split"]["sha256"] != files["split"]["sha256"]
+
+
 # -- 8. rough edges ----------------------------------------------------------------------------------------------
 def test_bare_command_list_hint_and_pretrain_syntax(capsys):
     assert main([]) == 0 and "COMMAND" in capsys.readouterr().out
