@@ -281,6 +281,13 @@ def test_bare_command_list_hint_and_pretrain_syntax(capsys):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         assert key in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["pretrain-toy", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for default in ("(default: 1300)", "(default: 128)", "(default: 30000)", "(default: 0.001)", "(default: 0.6)",
+                    "(default: 0.4)", "(default: 1)", "(default: 0)", "default: toy_clip/toy_clip.pt"):
+        assert default in text, default
+    assert "key=value" in text and "(default: None)" not in text
 
 
 def test_dry_run_into_a_closed_pipe_exits_quietly():
@@ -307,6 +314,40 @@ def test_plot_creates_no_mlflow_run(tmp_path, capsys):
     _run(tmp_path, "method=coop", "datasets=[toy_shapes_noisy]", "seeds=[1]")
     main(["plot", f"run.output_dir={tmp_path}"])
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_copied_results_folder_never_writes_into_the_original(tmp_path, capsys):
+    import shutil
+    from urllib.parse import unquote, urlparse
+
+    from mlflow.tracking import MlflowClient
+
+    from dplbench.workspace import Workspace
+
+    def run_unit(out: Path, seed: int):
+        cfg = build_config([f"run.output_dir={out}", "ray.enabled=false", "method=coop",
+                            "datasets=[toy_shapes_noisy]", f"seeds=[{seed}]"])
+        return runner.run(cfg, expand_units(cfg), executor=fake_execute)
+
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    run_unit(original, 1)
+    shutil.copytree(original, copy)
+    before = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in original.rglob("*")}
+    summary = run_unit(copy, 2)  # tracking on: a unit run with its result artifact
+    assert main(["table", f"run.output_dir={copy}", "report.n_boot=20"]) == 0
+    assert main(["plot", f"run.output_dir={copy}", "report.n_boot=20"]) == 0
+    assert {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in original.rglob("*")} == before
+
+    client = MlflowClient(summary.tracking_uri)
+    assert summary.tracking_uri == Workspace.at(copy).mlflow_uri
+    runs = client.search_runs([client.get_experiment_by_name("dplbench").experiment_id])
+    units = [r for r in runs if r.data.tags.get("dplbench.role") == "unit"]
+    assert sorted(r.data.tags["dplbench.seed"] for r in units) == ["1", "2"]
+    for run in runs:  # old and new runs alike point into the copy
+        folder = Path(unquote(urlparse(run.info.artifact_uri).path))
+        assert folder.is_relative_to(Workspace.at(copy).mlflow_artifacts), run.info.artifact_uri
+    (new,) = [r for r in units if r.data.tags["dplbench.seed"] == "2"]
+    assert list((Path(unquote(urlparse(new.info.artifact_uri).path)) / "result").glob("*.json"))
 
 
 # -- 9. Python API -------------------------------------------------------------------------------------------

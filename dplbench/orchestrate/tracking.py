@@ -129,7 +129,9 @@ def start_parent(cfg: Config, run_name: str, params: Mapping[str, Any], tags: Ma
     try:
         with file_lock(workspace.mlflow_lock):
             client = _client(uri)
-            experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+            experiment = client.get_experiment_by_name(cfg.tracking.experiment)  # creates / migrates the database
+            if uri == workspace.mlflow_uri and repoint_artifacts(workspace):
+                experiment = client.get_experiment_by_name(cfg.tracking.experiment)
             if experiment is None:
                 artifacts = workspace.mlflow_artifacts.as_uri() if uri.startswith("sqlite:") else None
                 experiment_id = client.create_experiment(cfg.tracking.experiment, artifact_location=artifacts)
@@ -142,6 +144,30 @@ def start_parent(cfg: Config, run_name: str, params: Mapping[str, Any], tags: Ma
     except Exception as exc:  # noqa: BLE001 - any backend failure is a user-environment problem
         raise DplbenchError(unusable_store_message(cfg, uri, exc)) from None
     return TrackingInfo(uri=uri, experiment_id=experiment_id, parent_run_id=run.info.run_id)
+
+
+def repoint_artifacts(workspace: Workspace) -> int:
+    """A results folder that was copied or moved: its database still names the original folder's artifact store
+    (MLflow keeps absolute ``file://`` locations). Point every experiment and run whose artifacts lived in a
+    ``mlartifacts`` folder elsewhere at this folder's, so a run in the copy never writes into the original (and the
+    copy's MLflow UI shows the copy's files). Returns how many experiments were re-pointed."""
+    import contextlib
+    import sqlite3
+
+    new = workspace.mlflow_artifacts.as_uri()
+    name = "/" + workspace.mlflow_artifacts.name
+    with contextlib.closing(sqlite3.connect(workspace.mlflow_db)) as db, db:
+        moved = [(eid, old) for eid, old in db.execute("SELECT experiment_id, artifact_location FROM experiments")
+                 if old != new and old.startswith("file://") and old.rstrip("/").endswith(name)]
+        for eid, old in moved:
+            db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (new, eid))
+            for table, column in (("runs", "artifact_uri"), ("logged_models", "artifact_location")):
+                db.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                           f"WHERE experiment_id = ? AND substr({column}, 1, ?) = ?",
+                           (new, len(old) + 1, eid, len(old), old))
+    if moved:
+        log.warning("MLflow: this results folder was copied or moved; its artifact store is now %s", new)
+    return len(moved)
 
 
 def _close_abandoned_runs(client: Any, experiment_id: str) -> list[str]:
