@@ -71,10 +71,14 @@ DESCRIPTIONS = {
              "  ray.enabled=false        run the trials one after another in this process\n\n" + COMMON_KEYS,
     "table": "Rebuild a protocol's tables from its result files (nothing is recomputed).\n\n"
              "formats and outputs: the table is printed; markdown (.md), LaTeX (.tex) and CSV (.csv) files are "
-             "written to <run.output_dir>/tables/; <run.output_dir>/index.html (static, open in a browser) and "
+             "written to <run.output_dir>/tables/ (report.formats=[md,tex,csv]; report.style=paper writes "
+             "<protocol>.paper.* beside them); <run.output_dir>/index.html (static, open in a browser) and "
              "index.md gather every protocol's tables, plots, failed units and the MLflow command.\n"
+             "  report.style=default|paper report.decimals=2 report.std=true|false stats=marks|ci|none\n"
              "selection: methods=, seeds=, datasets=, shots=, method.<option>=, train.*=, sweep.name= and "
-             "sweep.params.* keep only the matching result files.\n\n" + COMMON_KEYS,
+             "sweep.params.* keep only the matching result files. Units run with overrides (sweeps, method.*) "
+             "join the table only when the selection names them or with report.variants=true; each knob that "
+             "differs between rows gets its own column.\n\n" + COMMON_KEYS,
     "plot": "Draw the plots a protocol's result files support (ablation, base vs novel, few-shot curves) as PNG "
             "and PDF under <run.output_dir>/plots/. Selections as for `table`.\n\n" + COMMON_KEYS,
     "dry-run": "Print the unit matrix, which units are done, and the resolved config; runs nothing. With "
