@@ -8,13 +8,17 @@ unit; an unusable database stops a run before any unit starts, with one line say
 plots never read it, and ``tracking.enabled=false`` never opens it). ``mlflow`` is imported inside the functions.
 
 Every run dplbench creates is tagged with the process that owns it (host, pid, start time): the next invocation
-closes runs left RUNNING by a dead process (``kill -9`` of a driver or a worker) as KILLED.
+closes runs left RUNNING by a dead process (``kill -9`` of a driver or a worker) as KILLED. In a copied or moved
+results folder, the first run re-points the database's artifact locations at the copy's own store
+(:func:`repoint_artifacts`), so nothing is ever written into the original folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,9 +155,6 @@ def repoint_artifacts(workspace: Workspace) -> int:
     (MLflow keeps absolute ``file://`` locations). Point every experiment and run whose artifacts lived in a
     ``mlartifacts`` folder elsewhere at this folder's, so a run in the copy never writes into the original (and the
     copy's MLflow UI shows the copy's files). Returns how many experiments were re-pointed."""
-    import contextlib
-    import sqlite3
-
     new = workspace.mlflow_artifacts.as_uri()
     name = "/" + workspace.mlflow_artifacts.name
     with contextlib.closing(sqlite3.connect(workspace.mlflow_db)) as db, db:

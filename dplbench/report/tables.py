@@ -232,13 +232,13 @@ def build_model(frame, layout: str, *, protocol: str, reference: Any = None, dec
                       show_std, stats, style, knobs)
 
 
-def _knobs(frame, spec: Any, first_row: Mapping[str, Mapping[str, Any]]):
+def _knobs(frame, spec: Any, row_of: Mapping[str, Mapping[str, Any]]):
     """The rows' overrides (and shot counts, when a non-few-shot table mixes them) split into knob columns, one per
     key whose value differs between rows, and the settings every row shares. Returns (column headers,
     {row label: {header: value text}}, {header: value text shared by every row})."""
     mixed_shots = not spec.by_shots and frame["shots"].nunique(dropna=False) > 1
     values: dict[str, dict[str, str]] = {}
-    for variant, row in first_row.items():
+    for variant, row in row_of.items():
         values[variant] = {short_key(k): format_value(v) for k, v in json.loads(row["overrides"]).items()}
         if mixed_shots:
             values[variant]["shots"] = "full" if pd.isna(row["shots"]) else str(int(row["shots"]))
