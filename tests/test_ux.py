@@ -78,6 +78,9 @@ def test_sweep_in_process_and_dry_run_preview(tmp_path, capsys):
     assert "2 trial(s) x 1 unit(s)" in out and "method.n_ctx=8" in out
     cfg = build_config([*keys, "ray.enabled=false", "tracking.enabled=false"])
     summary = run_sweep(cfg, executor=fake_execute)
+    lines = capsys.readouterr().out.splitlines()  # each trial's unit as it finishes, then the trial's line
+    assert [line.split()[0] for line in lines if line.startswith(("[", "         done"))] == \
+        ["done", "[1/2]", "done", "[2/2]"]
     assert "ray" not in {p.name for p in tmp_path.iterdir()}  # no Ray storage: the trials ran in this process
     assert [t["params"]["method.n_ctx"] for t in summary.trials] == [2, 8] and summary.ok
     records = __import__("dplbench").load_results(**{"run.output_dir": str(tmp_path), "sweep.params.method.n_ctx": [8]})
