@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import unittest.mock as mock
 from collections import Counter
 
 import numpy as np
@@ -122,6 +123,54 @@ def test_style_variants_share_the_source_classes(source, variant, style):
     src, shifted = toyds.SPECS[source], toyds.SPECS[variant]
     assert shifted.classnames == src.classnames and shifted.style == style and src.style == "downstream"
     assert src.template == shifted.template or "sketch" in shifted.template
+
+
+SKEWED = ("toy_shapes_noisy_skewed", "toy_shapes_lowcontrast_skewed", "toy_patterns_noisy_skewed")
+
+
+@pytest.mark.parametrize("name", SKEWED)
+def test_skewed_variants_skew_only_the_base_classes_training_colours(name):
+    """The spurious cue of the default base-to-novel suite: a base class shows its typical colour in about
+    skew + (1 - skew) / 6 of its training images, and in 1/6 of its test images; novel classes never are skewed."""
+    spec = toyds.SPECS[name]
+    source = toyds.SPECS[name.removesuffix("_skewed")]
+    assert spec.classnames == source.classnames and spec.style == source.style and spec.template == source.template
+    assert spec.train_skew == toyds.TRAIN_SKEW >= 0.3
+    n_base = (len(spec.classes) + 1) // 2
+    typical = [c.typical_color for c in spec.classes]
+    assert typical[:n_base] == list(range(n_base)) and set(typical[n_base:]) == {None}
+    big = dataclasses.replace(spec, per_class=(600, 0, 600))
+    n_colors = len(world.COLOR_NAMES)
+    expected = {"train": spec.train_skew + (1 - spec.train_skew) / n_colors, "test": 1 / n_colors}
+    for split, share_expected in expected.items():
+        per_class = _scene_colors(big, split).reshape(len(spec.classes), 600)
+        for label, colors in enumerate(per_class):
+            if label < n_base:
+                share = float(np.mean(colors == typical[label]))
+                assert abs(share - share_expected) < 0.06, (split, label, share, share_expected)
+            else:  # novel: uniform in every split
+                assert np.bincount(colors, minlength=n_colors).min() > 600 / n_colors * 0.6
+
+
+def _scene_colors(spec, split: str) -> np.ndarray:
+    """The colour of every scene `render_split` draws for ``split``, in label order (rasterising skipped)."""
+    drawn = []
+
+    def sample(n, rng, dist, **fixed):
+        drawn.append(sample_scenes(n, rng, dist, **fixed))
+        return drawn[-1]
+
+    with mock.patch("dplbench.toy.render.sample_scenes", sample), \
+            mock.patch("dplbench.toy.render.render", lambda scenes, seed: np.zeros((len(scenes), 1))):
+        toyds.render_split(spec, split)
+    return drawn[0].color
+
+
+def test_unskewed_datasets_keep_uniform_training_colours():
+    spec = dataclasses.replace(toyds.SPECS["toy_shapes_noisy"], per_class=(600, 0, 0))
+    colors = _scene_colors(spec, "train").reshape(len(spec.classes), 600)
+    shares = [np.bincount(row, minlength=len(world.COLOR_NAMES)).max() / 600 for row in colors]
+    assert max(shares) < 0.25  # uniform over 6 colours: about 1/6 each
 
 
 def test_colored_shapes_base_novel_split_is_a_checkerboard():

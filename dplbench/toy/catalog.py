@@ -20,6 +20,12 @@ _TOY_DATASETS: tuple[tuple[str, int, str, str], ...] = (
     ("toy_shapes_noisy", 8, "a photo of a {}.", "toy: toy_shapes with strong pixel noise (style shift)"),
     ("toy_shapes_lowcontrast", 8, "a photo of a {}.", "toy: toy_shapes at low contrast (style shift)"),
     ("toy_patterns_noisy", 5, "a photo of a {} shape.", "toy: toy_patterns with pixel noise (style shift)"),
+    ("toy_shapes_noisy_skewed", 8, "a photo of a {}.",
+     "toy: toy_shapes_noisy with a colour-skewed training split (base classes' typical colours)"),
+    ("toy_shapes_lowcontrast_skewed", 8, "a photo of a {}.",
+     "toy: toy_shapes_lowcontrast with a colour-skewed training split (base classes' typical colours)"),
+    ("toy_patterns_noisy_skewed", 5, "a photo of a {} shape.",
+     "toy: toy_patterns_noisy with a colour-skewed training split (base classes' typical colours)"),
     ("toy_colored_shapes_lt", 36, "a photo of a {}.",
      "toy: toy_colored_shapes with a long-tailed train split (300 down to 3 images per class)"),
 )

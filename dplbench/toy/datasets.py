@@ -5,13 +5,19 @@ Each split is rendered once from fixed seeds and cached as ``.npy`` under
 ``~/.cache/dplbench``); ``<version>`` is a hash of the
 dataset definitions and the renderer version, so a change re-renders instead of reading stale images.
 Images are 32x32 RGB; a `Datum.impath` is ``"<split>/<index>"``.
+
+Skewed training splits (the default base-to-novel suite, docs/stack.md §7.5): in a ``*_skewed`` dataset the
+training images of each base class show that class's *typical colour* more often than chance, while its val and
+test images, and every novel class, draw colours uniformly. Colour then predicts the base label on the training
+set only: a spurious cue of the kind small few-shot sets carry. A prompt that latches onto it loses accuracy on
+base test images and on novel classes; the regularised methods, which stay near the frozen model, do not.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +38,7 @@ class ToyClass:
     shape: int | None = None    # None = drawn at random
     color: int | None = None
     pattern: int | None = None
+    typical_color: int | None = None  # over-represented colour in a skewed training split (None: uniform)
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,7 @@ class ToySpec:
     per_class: tuple[int, int, int]   # train, val, test images per class (train: the head count if long_tail)
     style: str = "downstream"         # "downstream" or a key of render.STYLE_VARIANTS
     long_tail: bool = False
+    train_skew: float = 0.0           # share of a class's training images forced to its typical colour
 
     @property
     def classnames(self) -> list[str]:
@@ -64,6 +72,17 @@ def _colored_shape_classes(n_shapes: int = 6) -> tuple[ToyClass, ...]:
     cells = [(c, s) for c in range(len(COLOR_NAMES)) for s in range(n_shapes)]
     ordered = [cs for cs in cells if sum(cs) % 2 == 0] + [cs for cs in cells if sum(cs) % 2 == 1]
     return tuple(ToyClass(f"{COLOR_NAMES[c]} {SHAPES[s]}", shape=s, color=c, pattern=0) for c, s in ordered)
+
+
+# The skew of the default base-to-novel suite: with it a base class shows its typical colour in
+# TRAIN_SKEW + (1 - TRAIN_SKEW) / 6 of its training images (54 % at 0.45) instead of 1/6 (docs/stack.md §7.5).
+TRAIN_SKEW = 0.45
+
+
+def _skewed(classes: tuple[ToyClass, ...], n_base: int) -> tuple[ToyClass, ...]:
+    """The same classes with a typical colour for each base class (base = the first ``n_base`` labels,
+    coloured red, orange, yellow, ... in label order); novel classes keep uniform colours."""
+    return tuple(replace(c, typical_color=i) if i < n_base else c for i, c in enumerate(classes))
 
 
 def _build_specs() -> dict[str, ToySpec]:
@@ -87,6 +106,15 @@ def _build_specs() -> dict[str, ToySpec]:
                 "toy_shapes at low contrast (style shift)", seed=7, per_class=(50, 10, 150), style="lowcontrast"),
         ToySpec("toy_patterns_noisy", _pattern_classes(), "a photo of a {} shape.",
                 "toy_patterns with pixel noise (style shift)", seed=9, per_class=(50, 10, 150), style="noisy_mild"),
+        ToySpec("toy_shapes_noisy_skewed", _skewed(shapes, 4), "a photo of a {}.",
+                "toy_shapes_noisy with a colour-skewed training split (spurious cue for base classes)",
+                seed=20, per_class=(50, 10, 150), style="noisy", train_skew=TRAIN_SKEW),
+        ToySpec("toy_shapes_lowcontrast_skewed", _skewed(shapes, 4), "a photo of a {}.",
+                "toy_shapes_lowcontrast with a colour-skewed training split (spurious cue for base classes)",
+                seed=21, per_class=(50, 10, 150), style="lowcontrast", train_skew=TRAIN_SKEW),
+        ToySpec("toy_patterns_noisy_skewed", _skewed(_pattern_classes(), 3), "a photo of a {} shape.",
+                "toy_patterns_noisy with a colour-skewed training split (spurious cue for base classes)",
+                seed=22, per_class=(50, 10, 150), style="noisy_mild", train_skew=TRAIN_SKEW),
         ToySpec("toy_colored_shapes_lt", _colored_shape_classes(), "a photo of a {}.",
                 "toy_colored_shapes with a long-tailed train split (300 down to 3 images per class)",
                 seed=8, per_class=(LT_MAX, 10, 50), long_tail=True),
@@ -124,10 +152,19 @@ def render_split(spec: ToySpec, split: str) -> tuple[np.ndarray, np.ndarray]:
         values = [getattr(c, attr) for c in spec.classes]
         if all(v is not None for v in values):
             fixed[attr] = np.asarray(values)[labels]
+    if split == "train" and spec.train_skew > 0:
+        fixed["color"] = _skewed_colors(spec, labels, rng)
     scenes = sample_scenes(len(labels), rng, dist, **fixed)
     order = rng.permutation(len(labels))  # interleave classes, like a real split file
     scenes, labels = scenes.subset(order), labels[order]
     return render(scenes, seed=seed), labels
+
+
+def _skewed_colors(spec: ToySpec, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Per image: the class's typical colour with probability ``train_skew``, else a uniform colour."""
+    typical = np.asarray([-1 if c.typical_color is None else c.typical_color for c in spec.classes])[labels]
+    forced = (rng.random(len(labels)) < spec.train_skew) & (typical >= 0)
+    return np.where(forced, typical, rng.integers(0, len(COLOR_NAMES), len(labels)))
 
 
 def version_key() -> str:
@@ -211,3 +248,6 @@ load_shapes_noisy = _loader("toy_shapes_noisy")
 load_shapes_lowcontrast = _loader("toy_shapes_lowcontrast")
 load_patterns_noisy = _loader("toy_patterns_noisy")
 load_colored_shapes_lt = _loader("toy_colored_shapes_lt")
+load_shapes_noisy_skewed = _loader("toy_shapes_noisy_skewed")
+load_shapes_lowcontrast_skewed = _loader("toy_shapes_lowcontrast_skewed")
+load_patterns_noisy_skewed = _loader("toy_patterns_noisy_skewed")
