@@ -9,6 +9,7 @@ Images are 32x32 RGB; a `Datum.impath` is ``"<split>/<index>"``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass
@@ -130,6 +131,7 @@ def render_split(spec: ToySpec, split: str) -> tuple[np.ndarray, np.ndarray]:
     return render(scenes, seed=seed), labels
 
 
+@functools.cache
 def version_key() -> str:
     dists = {"downstream": asdict(DOWNSTREAM), **{k: asdict(v) for k, v in STYLE_VARIANTS.items()}}
     blob = json.dumps({"render": RENDER_VERSION, "specs": {k: asdict(v) for k, v in SPECS.items()}, "dists": dists},
