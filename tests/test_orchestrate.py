@@ -327,6 +327,25 @@ def test_a_unit_run_batches_its_mlflow_calls(output_dir, monkeypatch):
     assert client.get_run(live.run_id).info.status == "RUNNING"
 
 
+def test_epoch_reports_to_ray_tune_are_throttled_and_the_end_is_always_reported(tmp_path, monkeypatch):
+    from dplbench.orchestrate import trial
+    from dplbench.runtime import Runtime
+
+    def fifty_epochs(unit, runtime, on_epoch=None):
+        for epoch in range(1, 51):
+            on_epoch({"epoch": epoch, "loss": 1.0 / epoch})
+        return {"metrics": {"base": 1.0, "novel": 1.0, "hm": 1.0}, "history": []}
+
+    runtime = Runtime.from_config(device="cpu", output_dir=str(tmp_path))
+    for seconds, epochs_reported in ((3600.0, [1]), (0.0, list(range(1, 51)))):
+        monkeypatch.setattr(trial, "REPORT_SECONDS", seconds)
+        reports: list[dict] = []
+        unit = expand_units(make_cfg(tmp_path, f"seeds=[{len(epochs_reported)}]"))[0]
+        outcome = trial.execute_and_record(unit, runtime, executor=fifty_epochs, report=reports.append)
+        assert [r["epoch"] for r in reports if "epoch" in r] == epochs_reported
+        assert reports[-1]["status"] == "done" and len(outcome.record["history"]) == 50
+
+
 def test_grid_sweep_2x2_runs_4_trials_into_the_store_and_mlflow(ray_instance, output_dir):
     from mlflow.tracking import MlflowClient
 
