@@ -57,7 +57,7 @@ class Unit:
     def __hash__(self) -> int:
         return hash(self.config_hash)
 
-    @property
+    @cached_property
     def config_hash(self) -> str:
         return _config_hash(self.config)
 
