@@ -135,7 +135,7 @@ def _summary(repeats: list[list[dict]]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 3000, 10000])
+    ap.add_argument("--sizes", type=int, nargs="*", default=[1000, 3000, 10000])
     ap.add_argument("--mlflow-sizes", type=int, nargs="*", default=[100, 300, 1000])
     ap.add_argument("--repeats", type=int, default=3, help="rounds; each round runs every size in a shuffled order")
     ap.add_argument("--json", type=Path, default=None)
