@@ -53,7 +53,9 @@ DESCRIPTIONS = {
     "run": "Expand the protocol into units (method x dataset x shots x seed), train and evaluate the pending ones "
            "(Ray Tune; units already done are skipped), then print the table.\n\n" + COMMON_KEYS +
            "  run.device=auto|cpu|cuda  ray.enabled=false (in this process)  tracking.enabled=false (no MLflow)\n"
-           "  --force                  recompute finished units\n\n"
+           "  --force                  recompute finished units\n"
+           "  --verbose                also Ray's, Tune's and MLflow's INFO lines (run.log_level=info; default: "
+           "their warnings only)\n\n"
            "The data is checked before anything starts (`dplbench validate data` shows the details).\n"
            "Per-unit logs: <run.output_dir>/logs/<unit>.log",
     "sweep": "Grid or Optuna search over config keys; every trial runs all units of the run and writes their "
@@ -69,10 +71,14 @@ DESCRIPTIONS = {
              "  ray.enabled=false        run the trials one after another in this process\n\n" + COMMON_KEYS,
     "table": "Rebuild a protocol's tables from its result files (nothing is recomputed).\n\n"
              "formats and outputs: the table is printed; markdown (.md), LaTeX (.tex) and CSV (.csv) files are "
-             "written to <run.output_dir>/tables/; <run.output_dir>/index.html (static, open in a browser) and "
+             "written to <run.output_dir>/tables/ (report.formats=[md,tex,csv]; report.style=paper writes "
+             "<protocol>.paper.* beside them); <run.output_dir>/index.html (static, open in a browser) and "
              "index.md gather every protocol's tables, plots, failed units and the MLflow command.\n"
+             "  report.style=default|paper report.decimals=2 report.std=true|false stats=marks|ci|none\n"
              "selection: methods=, seeds=, datasets=, shots=, method.<option>=, train.*=, sweep.name= and "
-             "sweep.params.* keep only the matching result files.\n\n" + COMMON_KEYS,
+             "sweep.params.* keep only the matching result files. Units run with overrides (sweeps, method.*) "
+             "join the table only when the selection names them or with report.variants=true; each knob that "
+             "differs between rows gets its own column.\n\n" + COMMON_KEYS,
     "plot": "Draw the plots a protocol's result files support (ablation, base vs novel, few-shot curves) as PNG "
             "and PDF under <run.output_dir>/plots/. Selections as for `table`.\n\n" + COMMON_KEYS,
     "dry-run": "Print the unit matrix, which units are done, and the resolved config; runs nothing. With "
@@ -112,10 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = add("run", "run a protocol: expand units, train and evaluate them, print the table")
     _add_config_args(run)
     run.add_argument("--force", action="store_true", help="recompute units that are already done")
+    run.add_argument("--verbose", action="store_true", help="show Ray's, Tune's and MLflow's INFO lines too")
 
     sweep = add("sweep", "grid or Optuna search over config keys (e.g. the ablation sweeps)")
     _add_config_args(sweep)
     sweep.add_argument("--force", action="store_true", help="recompute units that are already done")
+    sweep.add_argument("--verbose", action="store_true", help="show Ray's, Tune's and MLflow's INFO lines too")
 
     for name, text in (("table", "rebuild a protocol's tables (md, tex, csv) from its result files "
                                  "(stats=ci adds intervals)"),
@@ -153,6 +161,8 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     overrides = list(args.overrides)
     if getattr(args, "force", False):
         overrides.append("run.force=true")
+    if getattr(args, "verbose", False):
+        overrides.append("run.log_level=info")
     return overrides
 
 
@@ -282,7 +292,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     check_before_start(cfg)
     summary = run(cfg, units)
-    _print_tables(cfg, set())
+    from dplbench.report.api import naming_variants
+
+    _print_tables(cfg, naming_variants(_selected(args)))  # the protocol's table, with this run's variants if any
     return 0 if summary.ok else 1
 
 

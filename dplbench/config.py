@@ -66,6 +66,7 @@ class RunConfig:
     device: str = "auto"                  # auto | cpu | cuda | cuda:N | mps
     output_dir: str = "results"
     force: bool = False                   # recompute finished units
+    log_level: str = "warning"            # what Ray, Tune and MLflow print on the console (--verbose: info)
     command: list[str] = field(default_factory=list)  # the user's command line (set by the CLI; recorded in results)
 
 
@@ -77,6 +78,8 @@ class ReportConfig:
     decimals: int = 2                     # digits after the point in md/tex/terminal tables
     std: Optional[bool] = None            # show ± std (null = the style's choice: default yes, paper no)
     formats: list[str] = field(default_factory=lambda: ["md", "tex", "csv"])  # table files written
+    variants: bool = False                # also units run with overrides (sweeps, method.*, train.*) when the
+    #                                       selection names none of those keys (docs: "Sweeps and variants")
     a: Optional[str] = None               # `dplbench compare`: the two rows (method name or row label), a - b
     b: Optional[str] = None
 

@@ -103,6 +103,16 @@ class Protocol:
                               f"{', '.join(sorted(self.suites))}")
         return self.suites[name]
 
+    @property
+    def dataset_order(self) -> tuple[str, ...]:
+        """Every dataset the protocol names, in the order its suites list them (sources before their targets):
+        the order of the rows and columns of its tables."""
+        names: list[str] = []
+        for spec in self.suites.values():
+            names += [*([spec["source"]] if spec.get("source") else []), *(spec.get("targets") or []),
+                      *(spec.get("datasets") or [])]
+        return tuple(dict.fromkeys(names))
+
     def registered_methods(self) -> list[str]:
         """The default methods that are registered; the missing ones are dropped with a warning."""
         from dplbench.catalog import METHODS

@@ -32,6 +32,7 @@ class Runtime:
     data_paths: Mapping[str, str] = _key("data.paths")  # dataset name -> its folder
     num_workers: int = _key("data.num_workers")
     weights_cache_dir: str | None = _key("backbone.cache_dir")
+    log_level: str = _key("run.log_level")  # Ray's / MLflow's console logging (orchestrate/console.py)
     command: tuple[str, ...] = _key("run.command")  # the user's command line (a Ray worker's argv is Ray's)
 
     @classmethod

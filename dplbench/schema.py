@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dplbench.errors import ConfigError, did_you_mean, unknown_choice_message
-from dplbench.vocabulary import Precision, StatsMode, TableStyle
+from dplbench.vocabulary import LogLevel, Precision, StatsMode, TableStyle
 
 T = TypeVar("T")
 
@@ -136,6 +136,7 @@ CONFIG_RANGES: dict[str, tuple[Check, ...]] = {
     "backbone.precision": (one_of(Precision.values(), "backbone precision"),),
     "backbone.checkpoint": (EXISTING_PATH,),
     "run.device": (DEVICE,),
+    "run.log_level": (one_of(LogLevel.values(), "console log level of Ray, Tune and MLflow"),),
     "ray.num_cpus": (POSITIVE_INT,),
     "ray.cpus_per_trial": (POSITIVE,),
     "ray.gpus_per_trial": (NON_NEGATIVE,),

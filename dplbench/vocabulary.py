@@ -84,3 +84,12 @@ class StatsMode(_Vocabulary):
     marks = "marks"     # significance marks (rows not distinguishable from the best) and the test in a footnote
     ci = "ci"           # marks and the 95 % interval after every value
     none = "none"       # neither
+
+
+class LogLevel(_Vocabulary):
+    """What Ray, Ray Tune and MLflow may print on the console (``run.log_level``; dplbench's own lines always show)."""
+
+    debug = "debug"
+    info = "info"         # everything they log (``--verbose``)
+    warning = "warning"   # the default: their warnings and errors only
+    error = "error"

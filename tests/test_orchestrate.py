@@ -391,6 +391,26 @@ def test_optuna_sweep_records_its_seeded_sampler(ray_instance, tmp_path):
     assert all(t["objective"] is not None for t in summary.trials)
 
 
+def test_a_sweep_under_ray_prints_each_unit_of_a_trial_as_it_finishes(ray_instance, tmp_path, capsys):
+    from dplbench.orchestrate.sweep import run_sweep
+
+    cfg = build_config(["method=coop", "datasets=[toy_shapes,toy_colors]", "seeds=[1]", f"run.output_dir={tmp_path}",
+                        "tracking.enabled=false", "sweep.params.method.n_ctx=[2,8]"])
+    units = {n_ctx: [u.name for u in expand_units(build_config(
+        ["method=coop", "datasets=[toy_shapes,toy_colors]", "seeds=[1]", f"method.n_ctx={n_ctx}"]),
+        extra_overrides={"method.n_ctx": n_ctx})] for n_ctx in (2, 8)}
+    capsys.readouterr()
+    assert run_sweep(cfg, executor=fake_execute).ok
+    lines = capsys.readouterr().out.splitlines()
+    trial_ends = [i for i, line in enumerate(lines) if line.startswith(("[1/2]", "[2/2]"))]
+    assert len(trial_ends) == 2
+    for n_ctx, names in units.items():  # one line per unit, inside its trial: before the trial's own line
+        for name in names:
+            (at,) = [i for i, line in enumerate(lines) if name in line]
+            assert lines[at].split()[0] == "done" and f"(trial method.n_ctx={n_ctx})" in lines[at]
+            assert at < trial_ends[-1] and f"base={70 + n_ctx:.2f}" in lines[at]
+
+
 # -- end to end with the real executor on the toy suite -----------------------------------------------------------
 @pytest.fixture(scope="module")
 def random_toy_checkpoint(tmp_path_factory) -> Path:

@@ -118,10 +118,17 @@ def test_table_options_from_the_report_section(tmp_path, capsys):
             "report.decimals=1", "report.formats=[tex]", "stats=none"]
     assert main(args) == 0
     tables = Workspace.at(tmp_path).tables
-    assert sorted(p.name for p in tables.iterdir()) == ["base2novel.tex"]
-    tex = tables.joinpath("base2novel.tex").read_text()
+    assert sorted(p.name for p in tables.iterdir()) == ["base2novel.paper.tex"]
+    tex = tables.joinpath("base2novel.paper.tex").read_text()
     assert tex.startswith("% dplbench table tab:base2novel-base2novel-paper: needs \\usepackage{booktabs}")
     assert "Toy Shapes" in tex and "$\\pm$" not in tex and "65.0 &" in tex
+    # the default style writes its own files beside the paper ones, never over them
+    assert main(["table", "protocol=base2novel", f"run.output_dir={tmp_path}", "report.n_boot=50"]) == 0
+    assert sorted(p.name for p in tables.iterdir()) == ["base2novel.csv", "base2novel.md", "base2novel.paper.tex",
+                                                        "base2novel.tex"]
+    assert tables.joinpath("base2novel.paper.tex").read_text() == tex
+    assert "$\\pm$" in tables.joinpath("base2novel.tex").read_text()
+    assert "base2novel.paper.tex" in (tmp_path / "index.md").read_text()
     capsys.readouterr()
     for bad in ("report.style=fancy", "report.decimals=-1", "report.formats=[pdf]", "report.std=maybe"):
         assert main(["table", f"run.output_dir={tmp_path}", bad]) == 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import sys
 import types
@@ -9,7 +11,7 @@ import types
 import pytest
 
 from dplbench.errors import DplbenchError, UnknownNameError
-from dplbench.report import aggregate, log_plots_to_mlflow, make_plots
+from dplbench.report import aggregate, build_tables, log_plots_to_mlflow, make_plots
 from dplbench.report.plots import _swept_keys, infer_layout
 from test_report_tables import SEEDS, b2n, few_shot_records, make_record, toy_b2n_records, write_records
 
@@ -166,8 +168,82 @@ def test_base_vs_novel_value_axis_is_zoomed_and_labels_fit(tmp_path):
     assert value_range([99.5, 98.0], [1.0, float("nan")]) == (97.0, 100.0)
     assert value_range([float("nan")], [float("nan")]) == (0.0, 100.0)
     records = [r for r in write_records(tmp_path, toy_b2n_records())]
-    for r in records:  # a long variant label must wrap inside the figure, not run off its edge
-        r["unit"]["overrides"] = {"method.some_rather_long_option_name": 0.25} if r["unit"]["method"] == "coop" else {}
+    for r in records:  # a long variant label (of a complete row, drawn) must wrap inside the figure, as must the
+        # line naming the incomplete rows that are left out (CoOp, DroPLe)
+        r["unit"]["overrides"] = {"method.some_rather_long_option_name": 0.25} if r["unit"]["method"] == "zsclip" \
+            else {}
     (png,) = make_plots(records, "base_novel", tmp_path / "plots", formats=("png",))
     pixels = imread(png)[..., :3]
     assert (pixels[:, :3] > 0.99).all() and (pixels[:, -3:] > 0.99).all(), "something is drawn over the edge"
+
+
+# --- only complete values are drawn, and they are the table's numbers ----------------------------------------------
+def _capture(monkeypatch) -> list:
+    """The figures make_plots draws (nothing is written)."""
+    from dplbench.report import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, out_dir, stem, formats: figures.append(fig) or [])
+    return figures
+
+
+def _table(records, tmp_path, dataset="Average") -> dict:
+    """{(row label, metric): mean} of the complete cells of ``dataset`` in the table's CSV."""
+    path = build_tables(records, "base2novel", protocol="base2novel", out_dir=tmp_path, formats=("csv",),
+                        n_boot=20)["csv"]
+    rows = csv.DictReader(io.StringIO(path.read_text()))
+    return {(r["variant"], r["metric"]): float(r["mean"]) for r in rows
+            if r["dataset"] == dataset and r["complete"] == "True"}
+
+
+def test_base_vs_novel_draws_complete_values_only_and_they_are_the_table_numbers(tmp_path, monkeypatch):
+    from matplotlib.collections import PathCollection
+    from matplotlib.container import BarContainer
+
+    records = write_records(tmp_path / "runs", toy_b2n_records())  # CoOp: a failed seed; DroPLe: a missing one
+    figures = _capture(monkeypatch)
+    for dataset, drawn in ((None, ["CLIP"]), ("toy_shapes", ["CLIP", "CoOp"])):
+        make_plots(records, "base_novel", tmp_path / "plots", dataset=dataset)
+        (ax,) = figures.pop().axes
+        assert [t.get_text() for t in ax.get_xticklabels()] == drawn
+        left_out = [m for m in ("CoOp", "DroPLe") if m not in drawn]
+        assert "not drawn, incomplete" in ax.get_title() and all(m in ax.get_title() for m in left_out)
+        table = _table(records, tmp_path / "tables", dataset or "Average")
+        base, novel = ([bar.get_height() for bar in c.patches] for c in ax.containers if isinstance(c, BarContainer))
+        (hm,) = [c.get_offsets()[:, 1] for c in ax.collections if isinstance(c, PathCollection)]
+        assert base == pytest.approx([table[v, "base"] for v in drawn])
+        assert novel == pytest.approx([table[v, "novel"] for v in drawn])
+        assert list(hm) == pytest.approx([table[v, "hm"] for v in drawn])
+
+
+def test_sweep_plots_leave_incomplete_averages_out_and_draw_the_table_numbers(tmp_path, monkeypatch):
+    import numpy as np
+
+    gap = {"method.iwtd.p_max": 0.3, "method.res.weight": 0.05}
+    records = [r for r in sweep_records()  # one seed of one grid point never ran: its Average is incomplete
+               if not (r["unit"]["overrides"] == gap and r["unit"]["dataset"] == "toy_glyphs"
+                       and r["unit"]["seed"] == SEEDS[0])]
+    records = write_records(tmp_path / "runs", records)
+    table = _table(records, tmp_path / "tables")
+    label = "DroPLe (iwtd.p_max=0.3, res.weight=0.05)"
+    assert (label, "hm") not in table and len(table) == 3 * (len(P_MAX) * len(RES_WEIGHT) - 1 + 1)
+    figures = _capture(monkeypatch)
+    make_plots(records, "ablation", tmp_path / "plots", x="method.iwtd.p_max")
+    (ax,) = figures.pop().axes
+    drawn = {}
+    for line in ax.get_lines():
+        if not line.get_label().startswith("_"):  # the legend's lines: one per res.weight
+            weight = float(line.get_label().split("res.weight=")[1].rstrip(")"))
+            drawn.update({(float(x), weight): y for x, y in zip(line.get_xdata(), line.get_ydata())})
+    expected = {(p, w): table[f"DroPLe (iwtd.p_max={p}, res.weight={w})", "hm"]
+                for p in P_MAX for w in RES_WEIGHT if {"method.iwtd.p_max": p, "method.res.weight": w} != gap}
+    assert drawn == pytest.approx(expected) and (0.3, 0.05) not in drawn
+    assert label in ax.get_title()
+    make_plots(records, "heatmap", tmp_path / "plots", x="method.res.weight", y="method.iwtd.p_max")
+    grid = figures.pop().axes[0].images[0].get_array()
+    for i, p in enumerate(P_MAX):
+        for j, w in enumerate(RES_WEIGHT):
+            if (p, w) == (0.3, 0.05):
+                assert np.ma.is_masked(grid[i, j])
+            else:
+                assert grid[i, j] == pytest.approx(expected[p, w])

@@ -512,8 +512,55 @@ def test_only_default_16_shot_runs_get_published_rows(tmp_path):
     lines = render_terminal(records, "base2novel").splitlines()
     paper = [i for i, line in enumerate(lines) if "CoOp (paper)" in line]
     # DTD block only (a one-dataset Average is not the published 11-dataset Average), default 16-shot run only
-    assert len(paper) == 1 and "CoOp [16-shot]" in lines[paper[0] - 1]
+    assert len(paper) == 1 and lines[paper[0] - 1].split()[:3] == ["CoOp", "16", "—"]  # knobs: shots, n_ctx
     assert lines.index(next(line for line in lines if line.startswith("DTD"))) < paper[0]
     assert "79.44" in lines[paper[0]] and "Δ vs paper" in lines[paper[0] + 1]
     frame = aggregate(records, "base2novel")
     assert set(frame.variant) == {"CoOp [16-shot]", "CoOp (n_ctx=16) [16-shot]", "CoOp [8-shot]"}
+
+
+def test_datasets_follow_the_protocol_order_in_every_style(tmp_path):
+    """Real result files carry no dataset list: the order is the protocol YAML's, not alphabetical."""
+    protocol_order = ["toy_shapes_noisy", "toy_shapes_lowcontrast", "toy_patterns_noisy"]
+    assert sorted(protocol_order) != protocol_order
+    records = write_records(tmp_path / "runs", [
+        make_record("base2novel", "coop", d, s, b2n(80.0, 60.0, s), config={"seeds": SEEDS})
+        for d in sorted(protocol_order) for s in SEEDS])
+    frame = aggregate(records, "base2novel")
+    assert list(dict.fromkeys(frame.loc[frame.role == "dataset", "dataset"])) == protocol_order
+    for style, names in (("default", protocol_order), ("paper", ["Toy Shapes Noisy", "Toy Shapes Lowcontrast",
+                                                                 "Toy Patterns Noisy"])):
+        paths = build_tables(records, "base2novel", protocol="base2novel", out_dir=tmp_path / "tables",
+                             style=style, n_boot=20)
+        for fmt in ("md", "tex"):
+            text = paths[fmt].read_text()
+            found = [text.index(n if fmt == "md" else tex_escape(n)) for n in names]
+            assert found == sorted(found), (style, fmt)
+        csv_rows = list(csv.DictReader(io.StringIO(paths["csv"].read_text())))
+        assert list(dict.fromkeys(r["dataset"] for r in csv_rows if r["role"] == "dataset")) == protocol_order
+
+
+def test_sweep_tables_put_each_swept_knob_in_its_own_column(tmp_path):
+    """Knob values are columns, not folded into the method label; a setting every row shares is one note."""
+    backbone = {"backbone.name": "ViT-B-16"}
+    records = write_records(tmp_path / "runs", [
+        make_record("base2novel", "drople", d, s, b2n(80 + 10 * p, 60 + 100 * w, s),
+                    overrides={**backbone, "method.dropout_rate": p, "method.res.weight": w})
+        for p in (0.1, 0.3) for w in (0.0, 0.05) for d in ("toy_shapes", "toy_glyphs") for s in SEEDS] + [
+        make_record("base2novel", "coop", d, s, b2n(82, 60, s), overrides=backbone)
+        for d in ("toy_shapes", "toy_glyphs") for s in SEEDS])
+    paths = build_tables(records, "base2novel", protocol="base2novel", out_dir=tmp_path / "tables", n_boot=20)
+    md = paths["md"].read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| Dataset"))
+    assert [c.strip() for c in header.strip("|").split("|")] == ["Dataset", "Method", "dropout_rate", "res.weight",
+                                                                  "Base", "Novel", "HM"]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines()
+            if line.startswith("| **Average**") or line.startswith("|             ")]
+    average = rows[:5]
+    assert [r[1:4] for r in average] == [["CoOp", "—", "—"], ["DroPLe", "0.1", "0.0"], ["DroPLe", "0.1", "0.05"],
+                                         ["DroPLe", "0.3", "0.0"], ["DroPLe", "0.3", "0.05"]]
+    assert "(" not in md.split("| Dataset")[1].split("\n\n")[0]  # no label carries its knob values
+    assert "Every row: backbone.name=ViT-B-16." in md
+    tex = paths["tex"].read_text()
+    assert r"\begin{tabular}{lccccc}" in tex and "Method & dropout\\_rate & res.weight & Base & Novel & HM" in tex
+    assert r"DroPLe & 0.3 & 0.05 &" in tex

@@ -78,6 +78,9 @@ def test_sweep_in_process_and_dry_run_preview(tmp_path, capsys):
     assert "2 trial(s) x 1 unit(s)" in out and "method.n_ctx=8" in out
     cfg = build_config([*keys, "ray.enabled=false", "tracking.enabled=false"])
     summary = run_sweep(cfg, executor=fake_execute)
+    lines = capsys.readouterr().out.splitlines()  # each trial's unit as it finishes, then the trial's line
+    assert [line.split()[0] for line in lines if line.startswith(("[", "         done"))] == \
+        ["done", "[1/2]", "done", "[2/2]"]
     assert "ray" not in {p.name for p in tmp_path.iterdir()}  # no Ray storage: the trials ran in this process
     assert [t["params"]["method.n_ctx"] for t in summary.trials] == [2, 8] and summary.ok
     records = __import__("dplbench").load_results(**{"run.output_dir": str(tmp_path), "sweep.params.method.n_ctx": [8]})
@@ -93,6 +96,46 @@ def test_optuna_values_print_rounded():
     assert "train.lr=0.001235" in str(summary)
 
 
+# -- 3. sweeps do not pollute the main table --------------------------------------------------------------------
+def test_variants_join_the_main_table_only_when_asked(tmp_path, capsys):
+    import dplbench
+    from dplbench.report.api import naming_variants
+
+    one = ["method=coop", "datasets=[toy_shapes_noisy]", "seeds=[1]"]
+    _run(tmp_path / "variants", *one, "method.n_ctx=8")
+    out = f"run.output_dir={tmp_path / 'variants'}"
+    capsys.readouterr()
+    assert main(["table", out]) == 2  # nothing but variants: said how to show them
+    assert "report.variants=true" in capsys.readouterr().err
+    assert main(["table", out, "report.variants=true"]) == 0 and "(n_ctx=8)" not in capsys.readouterr().out
+
+    _run(tmp_path, *one)
+    _run(tmp_path, *one, "method.n_ctx=8")
+    _run(tmp_path, *one, "method.n_ctx=2")
+    out = f"run.output_dir={tmp_path}"
+    tables = tmp_path / "tables"
+    for keys, knob_values in (([], None), (["methods=[coop]"], None), (["report.variants=true"], ["—", "2", "8"]),
+                              (["method.n_ctx=8"], None), (["sweep.params.method.n_ctx=[2,8]"], ["2", "8"])):
+        assert main(["table", out, "report.n_boot=20", *keys]) == 0, keys
+        md = (tables / "base2novel.md").read_text()
+        assert ("Every row: n_ctx=8." in md) is (keys == ["method.n_ctx=8"])
+        header, _, *rows = [line for line in md.splitlines() if line.startswith("| ")]
+        rows = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
+        if knob_values is None:  # one row per block, no knob column
+            assert "n_ctx" not in header and len(rows) == 2, keys
+        else:
+            assert header.split("|")[3].strip() == "n_ctx" and [r[2] for r in rows[:len(knob_values)]] == knob_values
+    assert len(dplbench.load_results(**{"run.output_dir": str(tmp_path)})) == 1
+    assert len(dplbench.load_results(**{"run.output_dir": str(tmp_path), "report.variants": True})) == 3
+    assert naming_variants({"methods", "seeds", "backbone.pretrained", "run.device", "train.epochs", "sweep.name",
+                            "method.n_ctx", "report.variants"}) == {"train.epochs", "sweep.name", "method.n_ctx"}
+    capsys.readouterr()
+    assert main(["plot", out]) == 0  # the ablation over n_ctx comes from the variants; the main table's plots not
+    assert any("ablation_method.n_ctx" in line for line in capsys.readouterr().out.splitlines())
+    index = (tmp_path / "index.md").read_text()
+    assert "2 variant(s) (units run with overrides, e.g. sweeps) are not in this table" in index
+
+
 # -- 6. progress and logs ----------------------------------------------------------------------------------------
 def test_progress_lines_show_eta_and_units_log_to_the_workspace(tmp_path, capsys):
     from dplbench.orchestrate.timing import eta_text
@@ -104,6 +147,50 @@ def test_progress_lines_show_eta_and_units_log_to_the_workspace(tmp_path, capsys
     assert "[1/2]" in out and "ETA" in out
     logs = sorted(Workspace.at(tmp_path).logs.glob("*.log"))
     assert len(logs) == 2 and "training coop-toy_shapes_noisy" in logs[0].read_text()
+
+
+# Ray's, Tune's, MLflow's and alembic's INFO lines as they read on a console (logger format of each library)
+LIBRARY_INFO = ("INFO worker.py", "Started a local Ray instance", "INFO tune.py", "Wrote the latest version",
+                "INFO mlflow", "Creating initial MLflow database tables", "Updating database tables",
+                "Context impl", "Will assume non-transactional DDL", "Running upgrade")
+
+
+def _console(tmp_path: Path, *keys: str) -> str:
+    """stdout + stderr of a real `dplbench run` of one zero-shot toy unit, tracking on (a fresh MLflow database)."""
+    proc = subprocess.run([sys.executable, "-m", "dplbench", "run", "method=zsclip", "dataset=toy_shapes_noisy",
+                           "seeds=[1]", f"run.output_dir={tmp_path}", *keys], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def test_mlflow_info_lines_stay_off_the_console_unless_asked(tmp_path, capfd):
+    """A fresh MLflow database logs its creation and migration at INFO: not shown unless run.log_level=info."""
+    from dplbench.orchestrate import tracking
+
+    try:
+        for level, shown in (("warning", False), ("info", True)):
+            cfg = build_config([f"run.output_dir={tmp_path / level}", f"run.log_level={level}"])
+            info = tracking.start_parent(cfg, "run-test", {}, {})
+            tracking.end_parent(info, {}, failed=False)
+            console = "".join(capfd.readouterr())
+            assert ("Creating initial MLflow database tables" in console) is shown, console
+            assert shown or not [line for line in console.splitlines() if any(s in line for s in LIBRARY_INFO)]
+    finally:
+        from dplbench.orchestrate.console import hold_library_logs
+
+        hold_library_logs("warning")
+    assert main(["run", "--verbose", "--cfg"]) == 0 and "log_level: info" in capfd.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_ray_run_prints_dplbench_lines_and_library_warnings_only(tmp_path):
+    """A real `dplbench run` with Ray and MLflow (a fresh local instance and database): the console holds
+    dplbench's lines, not the libraries' INFO lines."""
+    out = _console(tmp_path, "ray.num_cpus=1")
+    assert "[1/1] done" in out and "Average" in out
+    leaked = [line for line in out.splitlines() if any(s in line for s in LIBRARY_INFO)]
+    assert not leaked, "\n".join(leaked)
 
 
 # -- 7. data -----------------------------------------------------------------------------------------------------
@@ -151,6 +238,42 @@ def test_lift_folder_names_and_images_next_to_the_split_files(tmp_path):
     assert splits.image_dir == d and len(splits.train) == 2
 
 
+def test_result_files_record_the_sha256_of_the_split_and_few_shot_files(tmp_path, monkeypatch):
+    import hashlib
+
+    from test_data_layouts import make_json_dataset
+
+    from dplbench.data.fewshot import fewshot_path
+    from dplbench.results import read_result
+
+    monkeypatch.setenv("DPLBENCH_CACHE", str(tmp_path / "cache"))
+    make_json_dataset(tmp_path / "data", "eurosat")
+    split_file = tmp_path / "data" / "eurosat" / "split_zhou_EuroSAT.json"
+
+    def recorded(out: Path) -> dict:  # the real executor, on the toy backbone
+        cfg = build_config([f"run.output_dir={out}", "ray.enabled=false", "tracking.enabled=false",
+                            "protocol=few_shot", "suite=standard", "method=zsclip", "datasets=[eurosat]", "seeds=[1]",
+                            "shots=[1]", f"data.root={tmp_path / 'data'}"])
+        summary = runner.run(cfg, expand_units(cfg))
+        record = read_result(summary.paths[0])
+        assert record["status"] == "done", record["error"]
+        return record["faithfulness"]["data_files"]["eurosat"]
+
+    def sha256(path: Path) -> str:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    files = recorded(tmp_path / "first")
+    index = fewshot_path(tmp_path / "first" / "cache", "eurosat", 1, 1)
+    assert files == {"split": {"file": split_file.name, "sha256": sha256(split_file)},
+                     "fewshot": {"file": index.name, "sha256": sha256(index)}}
+    split = json.loads(split_file.read_text())
+    split["test"] = split["test"][:-1]  # an edited split file: another hash, recorded as such
+    split_file.write_text(json.dumps(split))
+    edited = recorded(tmp_path / "second")
+    assert edited["split"] == {"file": split_file.name, "sha256": sha256(split_file)}
+    assert edited["split"]["sha256"] != files["split"]["sha256"]
+
+
 # -- 8. rough edges ----------------------------------------------------------------------------------------------
 def test_bare_command_list_hint_and_pretrain_syntax(capsys):
     assert main([]) == 0 and "COMMAND" in capsys.readouterr().out
@@ -161,6 +284,13 @@ def test_bare_command_list_hint_and_pretrain_syntax(capsys):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         assert key in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["pretrain-toy", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for default in ("(default: 1300)", "(default: 128)", "(default: 30000)", "(default: 0.001)", "(default: 0.6)",
+                    "(default: 0.4)", "(default: 1)", "(default: 0)", "default: toy_clip/toy_clip.pt"):
+        assert default in text, default
+    assert "key=value" in text and "(default: None)" not in text
 
 
 def test_dry_run_into_a_closed_pipe_exits_quietly():
@@ -187,6 +317,40 @@ def test_plot_creates_no_mlflow_run(tmp_path, capsys):
     _run(tmp_path, "method=coop", "datasets=[toy_shapes_noisy]", "seeds=[1]")
     main(["plot", f"run.output_dir={tmp_path}"])
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_copied_results_folder_never_writes_into_the_original(tmp_path, capsys):
+    import shutil
+    from urllib.parse import unquote, urlparse
+
+    from mlflow.tracking import MlflowClient
+
+    from dplbench.workspace import Workspace
+
+    def run_unit(out: Path, seed: int):
+        cfg = build_config([f"run.output_dir={out}", "ray.enabled=false", "method=coop",
+                            "datasets=[toy_shapes_noisy]", f"seeds=[{seed}]"])
+        return runner.run(cfg, expand_units(cfg), executor=fake_execute)
+
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    run_unit(original, 1)
+    shutil.copytree(original, copy)
+    before = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in original.rglob("*")}
+    summary = run_unit(copy, 2)  # tracking on: a unit run with its result artifact
+    assert main(["table", f"run.output_dir={copy}", "report.n_boot=20"]) == 0
+    assert main(["plot", f"run.output_dir={copy}", "report.n_boot=20"]) == 0
+    assert {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in original.rglob("*")} == before
+
+    client = MlflowClient(summary.tracking_uri)
+    assert summary.tracking_uri == Workspace.at(copy).mlflow_uri
+    runs = client.search_runs([client.get_experiment_by_name("dplbench").experiment_id])
+    units = [r for r in runs if r.data.tags.get("dplbench.role") == "unit"]
+    assert sorted(r.data.tags["dplbench.seed"] for r in units) == ["1", "2"]
+    for run in runs:  # old and new runs alike point into the copy
+        folder = Path(unquote(urlparse(run.info.artifact_uri).path))
+        assert folder.is_relative_to(Workspace.at(copy).mlflow_artifacts), run.info.artifact_uri
+    (new,) = [r for r in units if r.data.tags["dplbench.seed"] == "2"]
+    assert list((Path(unquote(urlparse(new.info.artifact_uri).path)) / "result").glob("*.json"))
 
 
 # -- 9. Python API -------------------------------------------------------------------------------------------

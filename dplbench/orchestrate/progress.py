@@ -13,6 +13,7 @@ from ray import tune
 from dplbench.orchestrate.timing import eta_text
 
 HEARTBEAT_S = 15.0
+UNIT_LINE = "dplbench_unit_line"  # a trial's report carrying a line to print as is (a sweep trial's finished unit)
 
 
 def metrics_text(values: dict[str, Any], limit: int = 4) -> str:
@@ -35,6 +36,10 @@ class Progress(tune.Callback):
         print(text, file=sys.stdout, flush=True)  # looked up per call: the Tuner pickles its callbacks
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if UNIT_LINE in result:
+            name, _, _ = self.describe(trial.config, {})
+            self._print(f"{result[UNIT_LINE]}  (trial {name})")
+            return
         if "epoch" not in result:
             return
         now = time.monotonic()

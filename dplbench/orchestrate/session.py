@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from dplbench.errors import DplbenchError
 from dplbench.orchestrate import preflight
+from dplbench.orchestrate.console import hold_library_logs
 from dplbench.orchestrate.reachability import http2_silent, split_host_port, tcp_unreachable
 from dplbench.fileio import atomic_write_text
 from dplbench.orchestrate import processes
@@ -187,7 +188,7 @@ def _connect(address: str, neutral_cwd: Path) -> None:
     _enable_token_auth_if_token_given()
     try:
         with _launch_folder_off_worker_path(neutral_cwd):
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address, log_to_driver=False, logging_level=logging.getLogger("ray").level)
     except Exception as exc:  # noqa: BLE001 - ConnectionError, auth errors, timeouts: one line for the user
         message = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise RayConnectionError(f"cannot attach to the Ray cluster at ray.address={address}: {message}; "
@@ -268,7 +269,10 @@ def ray_session(cfg: Config) -> Iterator[dict[str, float]]:
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")  # `uv run` drivers: no per-worker re-install
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")    # our handler shuts Ray down instead
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")             # quiet Tune output; dplbench prints progress
+    level = hold_library_logs(cfg.run.log_level)                 # workers inherit MLflow's level
     import ray
+
+    hold_library_logs(cfg.run.log_level)                         # importing Ray set its logger to INFO
 
     workspace = Workspace.at(cfg.run.output_dir)
     owned = connected = False
@@ -284,7 +288,8 @@ def ray_session(cfg: Config) -> Iterator[dict[str, float]]:
         clean_stale_sessions(workspace)
         num_cpus = None if cfg.ray.num_cpus is None else int(cfg.ray.num_cpus)
         with _launch_folder_off_worker_path(workspace.ray), _loopback_only():
-            context = ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+            context = ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                               logging_level=level)
         owned = True
         record = write_session_record(workspace, context.address_info["session_dir"])
         where = "the local Ray instance"

@@ -28,7 +28,7 @@ import json
 import math
 import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Optional
@@ -250,9 +250,19 @@ def apply_params(cfg: Config, params: Mapping[str, Any]) -> Any:
     return trial_cfg
 
 
+def unit_line(unit_name: str, record: Mapping[str, Any]) -> str:
+    """The line a sweep prints when one unit of a trial finishes: status, unit, metrics or the error."""
+    detail = record["error"] or " ".join(f"{k}={v:.2f}" for k, v in
+                                         tracking_mod.numeric_metrics(record["metrics"]).items())
+    return f"         {record['status']:<6} {unit_name}  {detail}"
+
+
 def evaluate_configuration(cfg: Config, params: Mapping[str, Any], metric: str, *, executor=None,
-                           tracking: tracking_mod.TrackingInfo | None = None, verbose: bool = False) -> dict[str, Any]:
-    """Run (or reuse) every unit of one configuration; returns {"objective", "units", "done", "failed", ...}."""
+                           tracking: tracking_mod.TrackingInfo | None = None,
+                           on_unit: Callable[[str, float | None], None] | None = None) -> dict[str, Any]:
+    """Run (or reuse) every unit of one configuration; returns {"objective", "units", "done", "failed", ...}.
+
+    ``on_unit(line, objective so far)`` is called as each unit this call runs finishes (:func:`unit_line`)."""
     from dplbench.orchestrate.trial import execute_and_record
     from dplbench.units import expand_units
 
@@ -262,15 +272,15 @@ def evaluate_configuration(cfg: Config, params: Mapping[str, Any], metric: str, 
     records, ran = [], 0
     for unit in units:
         record = None if cfg.run.force else store.load(unit.unit_dict(), unit.config_hash)
+        finished = None
         if record is None or record["status"] != "done":
             done = execute_and_record(unit, Runtime.from_config(trial_cfg), executor=executor, tracking=tracking)
-            record = done.record or {"status": "busy", "metrics": {}}  # busy: another live run computes it
+            finished = done.record
+            record = finished or {"status": "busy", "metrics": {}}  # busy: another live run computes it
             ran += done.outcome == "ran"
-            if verbose and done.record is not None:  # the trial's units as they finish
-                detail = record["error"] or " ".join(f"{k}={v:.2f}" for k, v in
-                                                     tracking_mod.numeric_metrics(record["metrics"]).items())
-                print(f"         {record['status']:<6} {unit.name}  {detail}", flush=True)
         records.append(record)
+        if on_unit is not None and finished is not None:
+            on_unit(unit_line(unit.name, finished), objective(records, metric))
     value = objective(records, metric)
     failed = sum(r["status"] != "done" for r in records)
     return {"objective": math.nan if value is None else value, "units": len(units), "ran": ran,
@@ -292,8 +302,11 @@ def _trial_tracking(info: tracking_mod.TrackingInfo | None, name: str, params: M
 
 
 def sweep_trainable(config: dict[str, Any], *, cfg: Config, metric: str, tracking: Any, executor: Any) -> None:
-    """Ray Tune function trainable of one sweep configuration; reports the objective once, at the end."""
+    """Ray Tune function trainable of one sweep configuration: reports a line per unit as it finishes (with the
+    objective so far, which Tune's search algorithms require in every report) and the objective at the end."""
     from ray import tune
+
+    from dplbench.orchestrate.progress import UNIT_LINE
 
     params = {k: _plain(v) for k, v in config["params"].items()}
     name = tune.get_context().get_trial_name()
@@ -302,7 +315,12 @@ def sweep_trainable(config: dict[str, Any], *, cfg: Config, metric: str, trackin
         client, trial_info = _trial_tracking(tracking, name, params)
     except Exception as exc:  # noqa: BLE001 - tracking never fails a trial
         tracking_mod.log.warning("MLflow: could not start the sweep trial run: %s", exc)
-    outcome = evaluate_configuration(cfg, params, metric, executor=executor, tracking=trial_info)
+
+    def report_unit(line: str, so_far: float | None) -> None:  # the driver's Progress prints the line
+        tune.report({metric: math.nan if so_far is None else so_far, UNIT_LINE: line})
+
+    outcome = evaluate_configuration(cfg, params, metric, executor=executor, tracking=trial_info,
+                                     on_unit=report_unit)
     if client is not None:
         tracking_mod._safely("finish the sweep trial run", _finish_trial_run, client, trial_info, outcome, metric)
     tune.report({metric: outcome["objective"], "units": outcome["units"], "failed": outcome["failed"],
@@ -520,7 +538,7 @@ def _run_sweep_in_process(cfg: Config, plan: SweepPlan, summary: SweepSummary, s
             except Exception as exc:  # noqa: BLE001 - tracking never fails a trial
                 tracking_mod.log.warning("MLflow: could not start the sweep trial run: %s", exc)
             outcome = evaluate_configuration(cfg, params, plan.metric, executor=executor, tracking=trial_info,
-                                             verbose=True)
+                                             on_unit=lambda line, _: print(line, flush=True))
             if client is not None:
                 tracking_mod._safely("finish the sweep trial run", _finish_trial_run, client, trial_info, outcome,
                                      plan.metric)

@@ -8,13 +8,17 @@ unit; an unusable database stops a run before any unit starts, with one line say
 plots never read it, and ``tracking.enabled=false`` never opens it). ``mlflow`` is imported inside the functions.
 
 Every run dplbench creates is tagged with the process that owns it (host, pid, start time): the next invocation
-closes runs left RUNNING by a dead process (``kill -9`` of a driver or a worker) as KILLED.
+closes runs left RUNNING by a dead process (``kill -9`` of a driver or a worker) as KILLED. In a copied or moved
+results folder, the first run re-points the database's artifact locations at the copy's own store
+(:func:`repoint_artifacts`), so nothing is ever written into the original folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import sqlite3
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dplbench.fileio import file_lock
+from dplbench.orchestrate.console import hold_library_logs
 from dplbench.orchestrate.processes import ProcessId
 from dplbench.workspace import Workspace
 
@@ -125,11 +130,14 @@ def start_parent(cfg: Config, run_name: str, params: Mapping[str, Any], tags: Ma
     from dplbench.errors import DplbenchError
 
     require_reachable(uri)
+    hold_library_logs(cfg.run.log_level)  # after the import above: MLflow set its loggers when imported
     workspace = Workspace.at(cfg.run.output_dir)
     try:
         with file_lock(workspace.mlflow_lock):
             client = _client(uri)
-            experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+            experiment = client.get_experiment_by_name(cfg.tracking.experiment)  # creates / migrates the database
+            if uri == workspace.mlflow_uri and repoint_artifacts(workspace):
+                experiment = client.get_experiment_by_name(cfg.tracking.experiment)
             if experiment is None:
                 artifacts = workspace.mlflow_artifacts.as_uri() if uri.startswith("sqlite:") else None
                 experiment_id = client.create_experiment(cfg.tracking.experiment, artifact_location=artifacts)
@@ -142,6 +150,27 @@ def start_parent(cfg: Config, run_name: str, params: Mapping[str, Any], tags: Ma
     except Exception as exc:  # noqa: BLE001 - any backend failure is a user-environment problem
         raise DplbenchError(unusable_store_message(cfg, uri, exc)) from None
     return TrackingInfo(uri=uri, experiment_id=experiment_id, parent_run_id=run.info.run_id)
+
+
+def repoint_artifacts(workspace: Workspace) -> int:
+    """A results folder that was copied or moved: its database still names the original folder's artifact store
+    (MLflow keeps absolute ``file://`` locations). Point every experiment and run whose artifacts lived in a
+    ``mlartifacts`` folder elsewhere at this folder's, so a run in the copy never writes into the original (and the
+    copy's MLflow UI shows the copy's files). Returns how many experiments were re-pointed."""
+    new = workspace.mlflow_artifacts.as_uri()
+    name = "/" + workspace.mlflow_artifacts.name
+    with contextlib.closing(sqlite3.connect(workspace.mlflow_db)) as db, db:
+        moved = [(eid, old) for eid, old in db.execute("SELECT experiment_id, artifact_location FROM experiments")
+                 if old != new and old.startswith("file://") and old.rstrip("/").endswith(name)]
+        for eid, old in moved:
+            db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (new, eid))
+            for table, column in (("runs", "artifact_uri"), ("logged_models", "artifact_location")):
+                db.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                           f"WHERE experiment_id = ? AND substr({column}, 1, ?) = ?",
+                           (new, len(old) + 1, eid, len(old), old))
+    if moved:
+        log.warning("MLflow: this results folder was copied or moved; its artifact store is now %s", new)
+    return len(moved)
 
 
 def _close_abandoned_runs(client: Any, experiment_id: str) -> list[str]:

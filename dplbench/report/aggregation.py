@@ -47,18 +47,28 @@ class Variant:
         label = method_display(self.method)
         extra = json.loads(self.overrides)
         if extra:
-            label += " (" + ", ".join(f"{_short_key(k)}={_fmt_value(v)}" for k, v in extra.items()) + ")"
+            label += " (" + ", ".join(f"{short_key(k)}={format_value(v)}" for k, v in extra.items()) + ")"
         if self.shots is not None:
             label += f" [{self.shots}-shot]"
         return label
 
 
-def _short_key(key: str) -> str:
+def short_key(key: str) -> str:
+    """An override key as rows and columns show it (``method.n_ctx`` -> ``n_ctx``)."""
     return key[len("method."):] if key.startswith("method.") else key
 
 
-def _fmt_value(value: Any) -> str:
+def format_value(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+def _overrides_order(overrides: str) -> tuple:
+    """Sort key of a variant's overrides: by key, then numbers by value (0.05 before 0.1), other values as text."""
+    def value(v: Any) -> tuple:
+        number = isinstance(v, (int, float)) and not isinstance(v, bool)
+        return (0, float(v), "") if number else (1, 0.0, json.dumps(v, sort_keys=True))
+
+    return tuple((k, value(v)) for k, v in sorted(json.loads(overrides).items()))
 
 
 @dataclass
@@ -124,6 +134,18 @@ def _merged_order(lists: Iterable[Sequence[Any]], seen: Iterable[Any], canonical
     return order
 
 
+def _protocol_dataset_order(protocols: Iterable[str]) -> tuple[str, ...]:
+    """The order the records' protocols list their datasets in (their YAML files), then the papers' order: tables
+    show datasets as the protocol lists them, never alphabetically (names no protocol lists come last, sorted)."""
+    from dplbench.catalog import PROTOCOLS
+
+    order: list[str] = []
+    for name in sorted(protocols):
+        if name in PROTOCOLS:
+            order += PROTOCOLS.get(name).dataset_order
+    return tuple(dict.fromkeys([*order, *DATASET_ORDER]))
+
+
 def _config_list(config: Mapping[str, Any], key: str) -> list[Any]:
     value = config.get(key)
     return list(value) if isinstance(value, (list, tuple)) else []
@@ -159,6 +181,7 @@ class _Builder:
         if not self.obs:
             raise DplbenchError(f"no result records to build a {self.layout} table from")
         self.protocol = ",".join(sorted({o.protocol for o in self.obs}))
+        self.dataset_order = _protocol_dataset_order({o.protocol for o in self.obs})
         self.rows: list[dict[str, Any]] = []
         all_shots = {o.shots for o in self.obs}
         mixed_shots = not self.spec.by_shots and len(all_shots) > 1
@@ -168,8 +191,8 @@ class _Builder:
         methods = _merged_order((_config_list(c, "methods") for c in configs), {o.method for o in self.obs},
                                 METHOD_ORDER)
         variants = set(self.variant_of.values())
-        self.variants = sorted(variants, key=lambda v: (methods.index(v.method), v.overrides != "{}", v.overrides,
-                                                        v.shots or 0))
+        self.variants = sorted(variants, key=lambda v: (methods.index(v.method), v.overrides != "{}",
+                                                        _overrides_order(v.overrides), v.shots or 0))
         self.all_seeds = sorted({s for c in configs for s in _config_list(c, "seeds")} | {o.seed for o in self.obs})
 
     # --- per-seed collection ------------------------------------------------------------------------------------
@@ -270,7 +293,7 @@ class _Builder:
 
     def datasets(self) -> list[str]:
         return _merged_order((_config_list(o.config, "datasets") for o in self.obs), {o.dataset for o in self.obs},
-                             DATASET_ORDER)
+                             self.dataset_order)
 
     def build(self) -> list[dict[str, Any]]:
         if self.spec.transfer:
@@ -347,7 +370,7 @@ class _Builder:
 
     def build_transfer(self) -> None:
         for variant, vobs in self.by_variant().items():
-            sources = _merged_order((), {o.config.get("source") or o.dataset for o in vobs}, DATASET_ORDER)
+            sources = _merged_order((), {o.config.get("source") or o.dataset for o in vobs}, self.dataset_order)
             for source in sources:
                 group = [o for o in vobs if (o.config.get("source") or o.dataset) == source]
                 targets = self._targets(source, group)
@@ -365,7 +388,7 @@ class _Builder:
         source_groups = [o for o in self.obs if (o.config.get("source") or o.dataset) == source]
         configured = [_config_list(o.config, "targets") for o in source_groups]
         seen = {k[len("acc/"):] for o in source_groups for k in o.metrics if k.startswith("acc/")}
-        targets = _merged_order(configured, seen if not any(configured) else (), DATASET_ORDER)
+        targets = _merged_order(configured, seen if not any(configured) else (), self.dataset_order)
         return [t for t in targets if t != source]
 
 

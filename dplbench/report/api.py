@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 # unit fields a selection key picks records by (config key -> field of the result file's `unit` block)
 UNIT_SELECTIONS = {"methods": "method", "seeds": "seed", "datasets": "dataset", "shots": "shots"}
+# overrides that choose the model a whole table runs on: they do not make a unit a variant of a method
+TABLE_WIDE = ("backbone.",)
 # keys that say where or how to run, or which protocol/suite/backbone (already matched): never a record filter
 NOT_SELECTIONS = ("protocol", "suite", "backbone.name", "run.", "ray.", "tracking.", "data.root", "data.paths",
                   "data.num_workers", "backbone.cache_dir", "sweep.search", "sweep.num_samples", "sweep.sampler",
@@ -45,11 +47,28 @@ def _in_spec(value: Any, spec: Any) -> bool:
     return isinstance(value, (int, float)) and spec["low"] <= value <= spec["high"]
 
 
-def record_filter(cfg: Config, selected: Iterable[str]) -> Callable[[Mapping[str, Any]], bool]:
+def is_variant(record: Mapping[str, Any]) -> bool:
+    """A unit run with overrides (sweep values, ``method.*``, ``train.*``, ...) other than the backbone's."""
+    overrides = (record.get("unit") or {}).get("overrides") or {}
+    return any(not str(key).startswith(TABLE_WIDE) for key in overrides)
+
+
+def naming_variants(selected: Iterable[str]) -> set[str]:
+    """The selected keys that pick variants: result-relevant settings (``method.*``, ``train.*``, ...) and sweeps
+    (``sweep.name``, ``sweep.params.*``); the backbone's keys and unit selections (``methods=``, ...) do not."""
+    return {k for k in selected if k not in UNIT_SELECTIONS and k not in ("source", "targets")
+            and not k.startswith(NOT_SELECTIONS) and k not in NOT_SELECTIONS and not k.startswith(TABLE_WIDE)}
+
+
+def record_filter(cfg: Config, selected: Iterable[str], variants: bool | None = None
+                  ) -> Callable[[Mapping[str, Any]], bool]:
     """A predicate over result records that honours every explicitly selected key of ``cfg``: ``methods``,
     ``seeds``, ``datasets``, ``shots``, ``source``, ``targets``, any result-relevant setting (``method.*``,
     ``train.*``, ``backbone.*``, ``data.crop_scale``) and the sweep (``sweep.name`` / ``sweep.params.*``: units
-    whose overrides hold a value of every swept key)."""
+    whose overrides hold a value of every swept key).
+
+    Variants (:func:`is_variant`) are kept only when asked: ``variants=True``, ``report.variants=true``, or a
+    selection that names a setting or a sweep; otherwise the main table holds the default-option runs only."""
     from omegaconf import OmegaConf
 
     from dplbench.units import to_plain
@@ -69,8 +88,12 @@ def record_filter(cfg: Config, selected: Iterable[str]) -> Callable[[Mapping[str
             sweep_params = _sweep_params(cfg)
         elif not key.startswith(NOT_SELECTIONS) and key not in NOT_SELECTIONS:
             settings[key] = to_plain(OmegaConf.select(cfg, key))
+    if variants is None:
+        variants = bool(cfg.report.variants or naming_variants(selected))
 
     def keep(record: Mapping[str, Any]) -> bool:
+        if not variants and is_variant(record):
+            return False
         unit = record.get("unit") or {}
         config = record.get("config") or {}
         if any(unit.get(field) not in values for field, values in unit_keys.items()):
@@ -96,10 +119,11 @@ def _sweep_params(cfg: Config) -> dict[str, Any]:
     return _flatten_params(load_sweep_definition(cfg.sweep.name).params) if cfg.sweep.name else {}
 
 
-def protocol_records(cfg: Config, selected: Iterable[str] = ()) -> list[dict[str, Any]]:
+def protocol_records(cfg: Config, selected: Iterable[str] = (), variants: bool | None = None
+                     ) -> list[dict[str, Any]]:
     """The result records of ``cfg.protocol`` produced with the same suite and backbone as ``cfg``, restricted to
-    the keys in ``selected`` (the ones the user gave; see :func:`record_filter`)."""
-    keep = record_filter(cfg, selected)
+    the keys in ``selected`` (the ones the user gave; see :func:`record_filter`, also for ``variants``)."""
+    keep = record_filter(cfg, selected, variants)
     records = []
     for record in ResultStore(cfg.run.output_dir).iter_records(cfg.protocol):
         config = record.get("config") or {}
@@ -120,6 +144,12 @@ def _layout(cfg: Config) -> str:
 
 def _records_or_fail(cfg: Config, selected: Iterable[str] = ()) -> list[dict[str, Any]]:
     records = protocol_records(cfg, selected)
+    if not records and (hidden := protocol_records(cfg, selected, variants=True)):
+        example = next(", ".join(f"{k}={v}" for k, v in r["unit"]["overrides"].items()
+                                 if not str(k).startswith(TABLE_WIDE)) for r in hidden)
+        raise DplbenchError(f"protocol {cfg.protocol!r} has only variants here ({len(hidden)} result file(s) of units "
+                            f"run with overrides, e.g. {example}): select them (e.g. {example.split(', ')[0]} or "
+                            "sweep.name=...) or add report.variants=true")
     if not records:
         raise DplbenchError(f"no result files for protocol {cfg.protocol!r} (suite {cfg.suite}, backbone "
                             f"{cfg.backbone.name}{_selection_text(selected)}) under "
@@ -166,11 +196,15 @@ def _selection_text(selected: Iterable[str]) -> str:
 def plots_for_protocol(cfg: Config, selected: Iterable[str] = ()) -> list[Path]:
     """Every plot the protocol's (selected) result files support (PNG + PDF), written under the workspace's
     plots folder only (no MLflow run: a report is rebuilt from result files, and a copied results folder never
-    writes into the original's MLflow store)."""
+    writes into the original's MLflow store). Base-vs-novel bars and few-shot curves show what the main table
+    shows; ablation curves and heatmaps are drawn from the variants (and the default runs they compare with)."""
     from dplbench.report import make_plots
 
-    records = protocol_records(cfg, selected)
-    if not records:
-        return []
+    options = {"layout": _layout(cfg), "protocol": cfg.protocol, "n_boot": cfg.report.n_boot}
     out_dir = Workspace.at(cfg.run.output_dir).plots
-    return make_plots(records, "all", out_dir, layout=_layout(cfg), protocol=cfg.protocol, n_boot=cfg.report.n_boot)
+    paths = []
+    for group, records in (("main", protocol_records(cfg, selected)),
+                           ("sweep", protocol_records(cfg, selected, variants=True))):
+        if records:
+            paths += make_plots(records, group, out_dir, **options)
+    return paths

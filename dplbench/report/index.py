@@ -18,9 +18,12 @@ from typing import Any
 
 from dplbench.fileio import atomic_write_text
 from dplbench.report.aggregation import AVERAGE, aggregate
+from dplbench.report.api import is_variant
 from dplbench.report.layouts import layout_spec
-from dplbench.report.tables import TableModel, build_model, to_html, to_markdown
+from dplbench.report.tables import TableModel, build_model, table_file, to_html, to_markdown
 from dplbench.results import ResultStore
+from dplbench.schema import TABLE_FORMATS
+from dplbench.vocabulary import TableStyle
 from dplbench.workspace import Workspace
 
 
@@ -96,7 +99,15 @@ def _section(ws: Workspace, protocol: str, suite: str, backbone: str, records: l
              plots: list[Path]) -> ProtocolSection:
     layout = _layout(protocol, records)
     frame = aggregate(records, layout)
-    model = build_model(frame, layout, protocol=protocol, stats="none")
+    main = [r for r in records if not is_variant(r)]
+    if main and len(main) < len(records):  # the main table, as `dplbench table` shows it; variants in the summary
+        model = build_model(aggregate(main, layout), layout, protocol=protocol, stats="none")
+        hidden = len({json.dumps([r["unit"]["method"], r["unit"].get("overrides")], sort_keys=True, default=str)
+                      for r in records if is_variant(r)})
+        model.notes.append(f"{hidden} variant(s) (units run with overrides, e.g. sweeps) are not in this table: see "
+                           "'Per variant' below, or `dplbench table report.variants=true`.")
+    else:
+        model = build_model(frame, layout, protocol=protocol, stats="none")
     counts: dict[tuple[str, str], list[int]] = {}
     for record in records:
         unit = record.get("unit") or {}
@@ -107,7 +118,8 @@ def _section(ws: Workspace, protocol: str, suite: str, backbone: str, records: l
         done, failed = counts.get((row["method"], row["overrides"]), [0, 0])
         variants.append(VariantSummary(row["variant"], done, failed, _headline(frame, layout, row["method"], row["overrides"])))
     problems = list(dict.fromkeys(n for notes in frame["notes"] for n in notes))
-    tables = [p for p in (ws.tables / f"{protocol}.{fmt}" for fmt in ("md", "tex", "csv")) if p.is_file()]
+    tables = [p for p in (table_file(ws.tables, protocol, fmt, style) for style in TableStyle.values()
+                          for fmt in TABLE_FORMATS) if p.is_file()]
     return ProtocolSection(protocol, suite, backbone, model, variants, problems, plots, tables)
 
 

@@ -2,6 +2,8 @@
 
 Every plotted value comes from :func:`dplbench.report.aggregation.aggregate`, so a plot and a table built from the
 same records always agree (e.g. the base-to-novel headline metric is the Average HM = HM of averaged Base/Novel).
+Only complete cells are drawn: a value over missing or failed seeds, or an Average over fewer datasets than expected
+(the table marks it with a dagger), is left out, and the figure names what it left out.
 Figures are drawn on ``matplotlib.figure.Figure`` objects (Agg canvas) and never touch pyplot's global state.
 """
 
@@ -24,6 +26,8 @@ from dplbench.report.reference import dataset_display, method_display
 log = logging.getLogger(__name__)
 
 PLOT_KINDS = ("ablation", "heatmap", "base_novel", "few_shot")
+# several kinds at once, each drawn where the records support it: the main table's plots and the sweeps' plots
+PLOT_GROUPS = {"all": PLOT_KINDS, "main": ("base_novel", "few_shot"), "sweep": ("ablation", "heatmap")}
 PLOT_FORMATS = ("png", "pdf")
 
 
@@ -91,6 +95,27 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.=-]+", "_", text).strip("_")
 
 
+def _complete(rows):
+    """(the rows with a complete value, the labels of the variants whose value here is incomplete)."""
+    drawn = rows["complete"].astype(bool) & rows["mean"].notna()
+    return rows[drawn], list(dict.fromkeys(rows.loc[~drawn, "variant"]))
+
+
+def _left_out_text(labels: Sequence[str], fig, what: str = "value") -> str:
+    """Lines naming the variants not drawn because their value is incomplete, wrapped to the figure's width at a
+    medium font ('' when none)."""
+    if not labels:
+        return ""
+    return "\n" + textwrap.fill(f"not drawn, incomplete {what} (missing or failed seeds or datasets): "
+                                 + ", ".join(labels), int(10 * fig.get_figwidth()))
+
+
+def _require_drawn(rows, left_out: Sequence[str], what: str) -> None:
+    if rows.empty:
+        raise DplbenchError(f"no complete {what} to plot" + (f" ({', '.join(left_out)} incomplete)"
+                                                             if left_out else ""))
+
+
 def _new_figure(width: float = 6.0, height: float = 4.0):
     from matplotlib.figure import Figure
 
@@ -149,6 +174,8 @@ def plot_ablation(frame, layout: str, out_dir: Path, *, protocol: str, metric: s
         swept = {x: swept[x]}
     if not swept:
         raise DplbenchError("no swept option: the records carry no override key with more than one value")
+    rows, left_out = _complete(rows)
+    _require_drawn(rows, left_out, f"{metric} values")
     paths: list[Path] = []
     for key, values in swept.items():
         fig = _new_figure()
@@ -158,8 +185,6 @@ def plot_ablation(frame, layout: str, out_dir: Path, *, protocol: str, metric: s
         banded = unbanded = 0
         for r in rows.to_dict("records"):
             overrides = json.loads(r["overrides"])
-            if math.isnan(r["mean"]):
-                continue
             interval = _interval(stats, r, layout)
             if not overrides:  # a default-options run of the same protocol: drawn as a reference level
                 ax.axhline(r["mean"], linestyle="--", linewidth=1, color="grey")
@@ -193,8 +218,8 @@ def plot_ablation(frame, layout: str, out_dir: Path, *, protocol: str, metric: s
             band = f"band: 95 % CI where per-item predictions exist; {unbanded} point(s) without"
         else:
             band = f"no interval: {_no_statistics_reason(stats)}"
-        ax.set_title(f"{protocol}: {key.removeprefix('method.')} ablation (mean over seeds)\n{band}",
-                     fontsize="medium")
+        ax.set_title(f"{protocol}: {key.removeprefix('method.')} ablation (mean over seeds)\n{band}"
+                     + _left_out_text(left_out, fig, "point"), fontsize="medium")
         ax.grid(alpha=0.3)
         if lines:
             ax.legend(fontsize="small")
@@ -235,11 +260,11 @@ def plot_heatmap(frame, layout: str, out_dir: Path, *, protocol: str, metric: st
                             f"{', '.join(swept) or '(none)'}")
     kx = x if x is not None else free.pop(0)
     ky = y if y is not None else free.pop(0)
-    swept_both = [r["method"] for r in rows.to_dict("records")
-                  if {kx, ky} <= set(json.loads(r["overrides"])) and not math.isnan(r["mean"])]
+    rows, left_out = _complete(rows)
+    swept_both = [r["method"] for r in rows.to_dict("records") if {kx, ky} <= set(json.loads(r["overrides"]))]
     methods = list(dict.fromkeys(swept_both))  # methods run at default options have no grid
     if not methods:
-        raise DplbenchError(f"no finished run sets both {kx} and {ky}")
+        raise DplbenchError(f"no complete value of a run that sets both {kx} and {ky}")
     fig = _new_figure(4.5 * len(methods) + 0.5, 4.0)
     axes = fig.subplots(1, len(methods), squeeze=False)[0]
     marked_any = False
@@ -249,7 +274,7 @@ def plot_heatmap(frame, layout: str, out_dir: Path, *, protocol: str, metric: st
         panel = []
         for r in rows[rows["method"] == method].to_dict("records"):
             o = json.loads(r["overrides"])
-            if kx in o and ky in o and not math.isnan(r["mean"]):
+            if kx in o and ky in o:
                 where[r["variant"]] = (swept[ky].index(o[ky]), swept[kx].index(o[kx]))
                 grid[where[r["variant"]]] = r["mean"]
                 panel.append(r)
@@ -274,11 +299,13 @@ def plot_heatmap(frame, layout: str, out_dir: Path, *, protocol: str, metric: st
         ax.set_ylabel(ky.removeprefix("method."))
         ax.set_title(method_display(method))
         fig.colorbar(image, ax=ax, label=_metric_label(layout, metric, dataset, rows))
+    blank = _left_out_text(left_out, fig, "cell (left blank)")
     if marked_any:
         fig.suptitle(f"hatched: not significantly below the best cell of its panel\n(paired two-way bootstrap, "
-                     f"{stats.n_boot} replicates, Holm over the panel; docs/statistics.md)", fontsize="x-small")
+                     f"{stats.n_boot} replicates, Holm over the panel; docs/statistics.md)" + blank,
+                     fontsize="x-small")
     else:
-        fig.suptitle(f"no significance marks: {_no_statistics_reason(stats)}", fontsize="x-small")
+        fig.suptitle(f"no significance marks: {_no_statistics_reason(stats)}" + blank, fontsize="x-small")
     return _save(fig, out_dir, _slug(f"{protocol}_heatmap_{kx}_{ky}_{dataset}{_shots_tag(rows, layout)}"), formats)
 
 
@@ -294,12 +321,16 @@ def value_range(means: Sequence[float], stds: Sequence[float]) -> tuple[float, f
 
 def plot_base_novel(frame, layout: str, out_dir: Path, *, protocol: str, dataset: str | None,
                     formats: Sequence[str]) -> list[Path]:
-    """Grouped bars of Base and Novel accuracy (± std) per method, with the HM marked."""
+    """Grouped bars of Base and Novel accuracy (± std) per method, with the HM marked; a variant whose Base, Novel or
+    HM is incomplete here is left out (and named under the title)."""
     if layout != "base2novel":
         raise DplbenchError(f"base-vs-novel plots need base-to-novel records, not {layout}")
     base, dataset = _selection(frame, layout, "base", dataset)
     novel, _ = _selection(frame, layout, "novel", dataset)
     hm, _ = _selection(frame, layout, "hm", dataset)
+    left_out = list(dict.fromkeys(v for part in (base, novel, hm) for v in _complete(part)[1]))
+    base, novel, hm = (part[~part["variant"].isin(left_out)] for part in (base, novel, hm))
+    _require_drawn(base, left_out, f"Base/Novel/HM values for {dataset}")
     labels = list(base["variant"])
     fig = _new_figure(max(5.0, 1.2 * len(labels) + 2), 4.0)
     ax = fig.add_subplot()
@@ -312,7 +343,7 @@ def plot_base_novel(frame, layout: str, out_dir: Path, *, protocol: str, dataset
                              [*base["std"], *novel["std"], *hm["std"]]))
     ax.set_xticks(pos, [textwrap.fill(label, 18) for label in labels], rotation=30, ha="right")
     ax.set_ylabel(f"accuracy (%), {'average' if dataset == AVERAGE else dataset_display(dataset)}")
-    ax.set_title(f"{protocol}: base vs novel accuracy")
+    ax.set_title(f"{protocol}: base vs novel accuracy" + _left_out_text(left_out, fig), fontsize="medium")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize="small")
     return _save(fig, out_dir, _slug(f"{protocol}_base_novel_{dataset}"), formats)
@@ -324,10 +355,12 @@ def plot_few_shot(frame, layout: str, out_dir: Path, *, protocol: str, dataset: 
     if layout != "few_shot":
         raise DplbenchError(f"few-shot curves need few-shot records, not {layout}")
     rows, dataset = _selection(frame, layout, "acc", dataset, shots="all")
+    rows, left_out = _complete(rows)
+    _require_drawn(rows, left_out, f"accuracies for {dataset}")
     fig = _new_figure()
     ax = fig.add_subplot()
     for variant in dict.fromkeys(rows["variant"]):
-        part = rows[(rows["variant"] == variant) & rows["mean"].notna()].sort_values("shots")
+        part = rows[rows["variant"] == variant].sort_values("shots")
         xs, ys = [int(k) for k in part["shots"]], list(part["mean"])
         sd = [0.0 if math.isnan(s) else s for s in part["std"]]
         ax.plot(xs, ys, marker="o", label=variant)
@@ -337,7 +370,8 @@ def plot_few_shot(frame, layout: str, out_dir: Path, *, protocol: str, dataset: 
     ax.set_xticks(shots, [str(k) for k in shots])
     ax.set_xlabel("shots per class")
     ax.set_ylabel(_metric_label(layout, "acc", dataset))
-    ax.set_title(f"{protocol}: few-shot accuracy (mean ± std over seeds)")
+    ax.set_title(f"{protocol}: few-shot accuracy (mean ± std over seeds)" + _left_out_text(left_out, fig, "point"),
+                 fontsize="medium")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     return _save(fig, out_dir, _slug(f"{protocol}_few_shot_{dataset}"), formats)
@@ -347,8 +381,9 @@ def make_plots(records: Iterable[Mapping[str, Any]], kind: str, out_dir: str | P
                protocol: str | None = None, metric: str | None = None, dataset: str | None = None,
                x: str | None = None, y: str | None = None, shots: int | None = None,
                formats: Sequence[str] = PLOT_FORMATS, n_boot: int | None = None) -> list[Path]:
-    """Draw one kind of plot (``ablation`` | ``heatmap`` | ``base_novel`` | ``few_shot``, or ``all`` for every
-    kind the records support) into ``out_dir`` (the CLI passes ``<output_dir>/plots``); returns the files written.
+    """Draw one kind of plot (``ablation`` | ``heatmap`` | ``base_novel`` | ``few_shot``, or a group of
+    :data:`PLOT_GROUPS`: ``all``, ``main``, ``sweep``, each kind of it the records support) into ``out_dir`` (the CLI
+    passes ``<output_dir>/plots``); returns the files written.
 
     ``metric`` defaults to the layout's headline metric (hm, top1, acc, overall); ``dataset`` to the Average;
     ``x`` / ``y`` choose the swept override keys (e.g. ``method.iwtd.p_max``); few-shot sweeps are compared at
@@ -358,8 +393,8 @@ def make_plots(records: Iterable[Mapping[str, Any]], kind: str, out_dir: str | P
     records = list(records)
     if not records:
         raise DplbenchError("no result records to plot")
-    if kind != "all" and kind not in PLOT_KINDS:
-        raise UnknownNameError("plot kind", kind, (*PLOT_KINDS, "all"))
+    if kind not in PLOT_GROUPS and kind not in PLOT_KINDS:
+        raise UnknownNameError("plot kind", kind, (*PLOT_KINDS, *PLOT_GROUPS))
     bad = [f for f in formats if f not in PLOT_FORMATS]
     if bad:
         raise UnknownNameError("plot format", bad[0], PLOT_FORMATS)
@@ -390,12 +425,12 @@ def make_plots(records: Iterable[Mapping[str, Any]], kind: str, out_dir: str | P
         "base_novel": lambda: plot_base_novel(frame, layout, out, dataset=dataset, **common),
         "few_shot": lambda: plot_few_shot(frame, layout, out, dataset=dataset, **common),
     }
-    if kind != "all":
+    if kind not in PLOT_GROUPS:
         return drawers[kind]()
     paths: list[Path] = []
-    for name, draw in drawers.items():
+    for name in PLOT_GROUPS[kind]:
         try:
-            paths += draw()
+            paths += drawers[name]()
         except DplbenchError as exc:
             log.info("skipping %s plot: %s", name, exc)
     return paths

@@ -14,6 +14,7 @@ with ``≈`` and, with ``stats="ci"``, print the interval after the value (``sta
 
 from __future__ import annotations
 
+import json
 import math
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
@@ -24,13 +25,14 @@ from typing import Any
 import pandas as pd
 
 from dplbench.errors import DplbenchError, UnknownNameError
-from dplbench.report.aggregation import AVERAGE, aggregate
+from dplbench.report.aggregation import AVERAGE, aggregate, format_value, short_key
 from dplbench.report.layouts import layout_spec, resolve_layout
 from dplbench.schema import TABLE_FORMATS
 from dplbench.vocabulary import Layout, StatsMode, TableStyle
 from dplbench.report.reference import (AVERAGE_MEMBERS, COMPARABLE_METHODS, DATASET_NAMES, DATASET_ORDER,
                                        NOT_COMPARABLE_NOTES,
-                                       PUBLISHED_SHOTS, ReferenceNumbers, dataset_display, load_reference)
+                                       PUBLISHED_SHOTS, ReferenceNumbers, dataset_display, load_reference,
+                                       method_display)
 from dplbench.fileio import atomic_write_text
 from dplbench.results import ResultStore
 
@@ -61,8 +63,9 @@ class Cell:
 @dataclass
 class Row:
     kind: str                       # measured | published | diff
-    label: str                      # variant label (published/diff rows: the variant they belong to)
+    label: str                      # method name (published rows: the paper's method; diff rows: "Δ vs paper")
     cells: list[Cell | float | None]
+    knobs: list[str] = field(default_factory=list)  # measured rows: the value of each knob column ("" otherwise)
 
 
 @dataclass
@@ -76,7 +79,7 @@ class TableModel:
     protocol: str
     layout: str
     caption: str
-    columns: list[str]              # column headers after the label column
+    columns: list[str]              # column headers after the label and knob columns
     groups: list[tuple[str, int]]   # optional spanning header: (text, number of columns) covering all columns
     block_header: str | None        # header of the block column (Markdown / text), e.g. "Dataset"
     blocks: list[Block]
@@ -85,6 +88,7 @@ class TableModel:
     show_std: bool
     stats: str = "marks"            # one of STATS_MODES
     style: str = "default"          # one of STYLES
+    knobs: list[str] = field(default_factory=list)  # one column per knob that differs between rows (sweeps)
 
 
 def display_dataset(name: str, style: str = "default") -> str:
@@ -186,6 +190,7 @@ def build_model(frame, layout: str, *, protocol: str, reference: Any = None, dec
     by_cell = {(_block_key(r, layout), r["variant"], _column_key(r, layout)): r for r in records}
     variants = list(dict.fromkeys(r["variant"] for r in records))
     method_of = {r["variant"]: r for r in records}
+    knobs, knob_values, fixed = _knobs(frame, spec, method_of)
 
     blocks: list[Block] = []
     used_sources: dict[str, set[str]] = {}
@@ -195,7 +200,9 @@ def build_model(frame, layout: str, *, protocol: str, reference: Any = None, dec
             present = [by_cell.get((bkey, variant, c)) for c in columns_keys]
             if all(p is None for p in present):
                 continue
-            block.rows.append(Row("measured", variant, [_cell(p) if p is not None else None for p in present]))
+            block.rows.append(Row("measured", method_display(method_of[variant]["method"]),
+                                  [_cell(p) if p is not None else None for p in present],
+                                  [knob_values[variant].get(k, DASH) for k in knobs]))
             published = []
             for p in present:
                 hit = _published(ref, protocol, layout, p, average_ok) if p is not None else None
@@ -205,10 +212,10 @@ def build_model(frame, layout: str, *, protocol: str, reference: Any = None, dec
             if any(p is not None for p in published):
                 measured = block.rows[-1].cells
                 block.rows.append(Row("published", COMPARABLE_METHODS[method_of[variant]["method"]],
-                                      [p.value if p else None for p in published]))
+                                      [p.value if p else None for p in published], [""] * len(knobs)))
                 block.rows.append(Row("diff", variant, [
                     (m.mean - p.value) if (p is not None and isinstance(m, Cell) and m.n) else None
-                    for m, p in zip(measured, published)]))
+                    for m, p in zip(measured, published)], [""] * len(knobs)))
         _mark_best(block, decimals)
         blocks.append(block)
 
@@ -217,11 +224,37 @@ def build_model(frame, layout: str, *, protocol: str, reference: Any = None, dec
     block_header = None if spec.transfer and len(block_keys) == 1 else ("Source" if spec.transfer else "Dataset")
     standard = ref is not None and any(d in DATASET_NAMES for d in frame["dataset"])
     notes = _notes(layout, records, used_sources, standard, {r["method"] for r in records}, show_std)
+    notes += _knob_notes(knobs, fixed)
     if statistics is not None and stats != "none":
         notes += _stats_notes(statistics, stats, any(isinstance(c, Cell) and c.tied for b in blocks
                                                      for r in b.rows for c in r.cells))
     return TableModel(protocol, layout, spec.caption, columns, groups, block_header, blocks, notes, decimals,
-                      show_std, stats, style)
+                      show_std, stats, style, knobs)
+
+
+def _knobs(frame, spec: Any, row_of: Mapping[str, Mapping[str, Any]]):
+    """The rows' overrides (and shot counts, when a non-few-shot table mixes them) split into knob columns, one per
+    key whose value differs between rows, and the settings every row shares. Returns (column headers,
+    {row label: {header: value text}}, {header: value text shared by every row})."""
+    mixed_shots = not spec.by_shots and frame["shots"].nunique(dropna=False) > 1
+    values: dict[str, dict[str, str]] = {}
+    for variant, row in row_of.items():
+        values[variant] = {short_key(k): format_value(v) for k, v in json.loads(row["overrides"]).items()}
+        if mixed_shots:
+            values[variant]["shots"] = "full" if pd.isna(row["shots"]) else str(int(row["shots"]))
+    keys = list(dict.fromkeys(k for v in values.values() for k in v))
+    varying = [k for k in keys if len({v.get(k) for v in values.values()}) > 1]
+    fixed = {k: next(iter(values.values()))[k] for k in keys if k not in varying}
+    return varying, values, fixed
+
+
+def _knob_notes(knobs: Sequence[str], fixed: Mapping[str, str]) -> list[str]:
+    notes = []
+    if knobs:
+        notes.append(f"Knob columns ({', '.join(knobs)}): the value each row ran with; {DASH} = the default.")
+    if fixed:
+        notes.append("Every row: " + ", ".join(f"{k}={v}" for k, v in fixed.items()) + ".")
+    return notes
 
 
 def _paper_rank(name: Any) -> tuple[int, int]:
@@ -345,10 +378,10 @@ def _row_label(row: Row, tex: bool = False) -> str:
 # --- Markdown / terminal ------------------------------------------------------------------------------------------
 def _grid(model: TableModel, *, bold: bool) -> tuple[list[str], list[list[str]], list[int]]:
     """Header, body rows (with a leading block column when there are blocks) and indices of block starts."""
-    header = ([model.block_header] if model.block_header else []) + ["Method"] + list(model.columns)
+    header = ([model.block_header] if model.block_header else []) + ["Method"] + model.knobs + list(model.columns)
     if layout_spec(model.layout).transfer and header:
         idx = 1 if model.block_header else 0
-        header[idx + 1] += " (source)"
+        header[idx + 1 + len(model.knobs)] += " (source)"
     body: list[list[str]] = []
     starts: list[int] = []
     for block in model.blocks:
@@ -362,7 +395,7 @@ def _grid(model: TableModel, *, bold: bool) -> tuple[list[str], list[list[str]],
             if model.block_header:
                 title = block.title if i == 0 else ""
                 lead = [f"**{title}**" if bold and title else title]
-            body.append(lead + [_row_label(row)] + cells)
+            body.append(lead + [_row_label(row)] + row.knobs + cells)
     return header, body, starts
 
 
@@ -372,7 +405,7 @@ def _padded(cells: Sequence[str], widths: Sequence[int], n_labels: int) -> list[
 
 def to_markdown(model: TableModel) -> str:
     header, body, _ = _grid(model, bold=True)
-    n_labels = 2 if model.block_header else 1
+    n_labels = (2 if model.block_header else 1) + len(model.knobs)
     widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
     widths = [max(w, 3) for w in widths]
     lines = [f"### {model.protocol}: {model.caption}", ""]
@@ -387,7 +420,7 @@ def to_markdown(model: TableModel) -> str:
 
 def to_text(model: TableModel) -> str:
     header, body, starts = _grid(model, bold=False)
-    n_labels = 2 if model.block_header else 1
+    n_labels = (2 if model.block_header else 1) + len(model.knobs)
     widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
     rule = "  ".join("-" * w for w in widths)
     lines = [f"{model.protocol}: {model.caption}", "  ".join(_padded(header, widths, n_labels)).rstrip(), rule]
@@ -415,6 +448,7 @@ def to_html(model: TableModel) -> str:
                 cells.append(f'<th scope="rowgroup" rowspan="{len(block.rows)}">{escape(block.title or "")}</th>'
                              if i == 0 else "")
             cells.append(f'<td class="label {row.kind}">{escape(_row_label(row))}</td>')
+            cells += [f'<td class="knob">{escape(value)}</td>' for value in row.knobs]
             for c in row.cells:
                 text, bold = _cell_text(c, row.kind, model.decimals, model.show_std, "±", model.stats)
                 cells.append(f"<td><b>{escape(text)}</b></td>" if bold else f"<td>{escape(text)}</td>")
@@ -456,16 +490,16 @@ def latex_label(model: TableModel) -> str:
 
 
 def to_latex(model: TableModel) -> str:
-    ncols = 1 + len(model.columns)
+    ncols = 1 + len(model.knobs) + len(model.columns)
     lines = [f"% dplbench table {latex_label(model)}: needs \\usepackage{{booktabs}} "
              "(\\toprule, \\midrule, \\cmidrule, \\bottomrule)",
              r"\begin{table}[t]", r"\centering", r"\small" if ncols > 6 else "",
              r"\caption{" + tex_escape(f"{model.caption} ({model.protocol}).") + "}",
              r"\label{" + latex_label(model) + "}",
-             r"\begin{tabular}{l" + "c" * len(model.columns) + "}", r"\toprule"]
+             r"\begin{tabular}{l" + "c" * (len(model.knobs) + len(model.columns)) + "}", r"\toprule"]
     lines = [line for line in lines if line]
     if model.groups:
-        parts, rules, col = [""], [], 2
+        parts, rules, col = [""] * (1 + len(model.knobs)), [], 2 + len(model.knobs)
         for text, span in model.groups:
             parts.append(r"\multicolumn{%d}{c}{%s}" % (span, tex_escape(text)) if span > 1 else tex_escape(text))
             if text:
@@ -473,7 +507,7 @@ def to_latex(model: TableModel) -> str:
             col += span
         lines.append(" & ".join(parts) + r" \\")
         lines.append("".join(rules))
-    lines.append(" & ".join(["Method"] + [tex_escape(c) for c in model.columns]) + r" \\")
+    lines.append(" & ".join(["Method"] + [tex_escape(c) for c in [*model.knobs, *model.columns]]) + r" \\")
     lines.append(r"\midrule")
     for b, block in enumerate(model.blocks):
         if b > 0:
@@ -490,7 +524,7 @@ def to_latex(model: TableModel) -> str:
             label = label if row.kind == "diff" else tex_escape(label)
             if row.kind != "measured":
                 label = r"\quad " + label
-            lines.append(" & ".join([label] + cells) + r" \\")
+            lines.append(" & ".join([label] + [tex_escape(k) for k in row.knobs] + cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     if model.notes:
         lines.append(r"\par\smallskip")
@@ -540,7 +574,8 @@ def build_tables(records: Iterable[Mapping[str, Any]], layout: str, *, protocol:
                  formats: Sequence[str] = FORMATS, reference: Any = None, decimals: int = 2,
                  round_per_seed: int | None = None, show_std: bool | None = None, stats: str = "marks",
                  statistics: Any = None, n_boot: int | None = None, style: str = "default") -> dict[str, Path]:
-    """Write ``<out_dir>/<protocol>.{md,tex,csv}``; returns {format: path}.
+    """Write ``<out_dir>/<protocol>.{md,tex,csv}`` (style ``paper``: ``<protocol>.paper.{md,tex,csv}``, beside
+    the default files); returns {format: path}.
 
     ``out_dir`` is the tables folder itself (the CLI passes ``<output_dir>/tables``). ``reference``: None = the
     repository's reference numbers when they cover the protocol; False = none; a path or ReferenceNumbers.
@@ -561,10 +596,17 @@ def build_tables(records: Iterable[Mapping[str, Any]], layout: str, *, protocol:
                "csv": lambda: to_csv(frame, layout, protocol=protocol, reference=ref)}
     paths = {}
     for fmt in formats:
-        path = Path(out_dir) / f"{protocol}.{fmt}"
+        path = table_file(out_dir, protocol, fmt, style)
         atomic_write_text(path, writers[fmt]())
         paths[fmt] = path
     return paths
+
+
+def table_file(out_dir: str | Path, protocol: str, fmt: str, style: str = "default") -> Path:
+    """``<protocol>.<fmt>``, or ``<protocol>.<style>.<fmt>`` for another style: the paper-style files sit beside
+    the default ones instead of replacing them."""
+    tag = "" if style == TableStyle.default.value else f".{style}"
+    return Path(out_dir) / f"{protocol}{tag}.{fmt}"
 
 
 def _annotated_frame(records: list[Mapping[str, Any]], layout: str, round_per_seed: int | None, statistics: Any,

@@ -291,16 +291,26 @@ def _fraction(text: str) -> float:
     return value
 
 
+class _ShowDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows each setting's default (a ``None`` default is explained in the help text itself)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = OneLineParser(prog="dplbench pretrain-toy", description="Pretrain the toy CLIP.")
+    parser = OneLineParser(
+        prog="dplbench pretrain-toy", formatter_class=_ShowDefaults,
+        description="Pretrain the toy CLIP. Settings as key=value like every dplbench command (steps=200 "
+                    "batch_size=64 out=toy.pt) or as options (--steps 200 --batch-size 64).")
     parser.add_argument("--steps", type=_positive(int, 0), default=1300, help="total optimiser steps (all three phases)")
     parser.add_argument("--out", type=Path, default=None,
                         help="checkpoint path to write (default: toy_clip/toy_clip.pt under the dplbench cache, "
                              "$DPLBENCH_CACHE or ~/.cache/dplbench); use it with backbone.checkpoint=PATH")
-    parser.add_argument("--seed", type=_positive(int, 0, inclusive=True), default=0)
-    parser.add_argument("--batch-size", type=_positive(int, 0), default=128)
+    parser.add_argument("--seed", type=_positive(int, 0, inclusive=True), default=0, help="random seed")
+    parser.add_argument("--batch-size", type=_positive(int, 0), default=128, help="images (and captions) per step")
     parser.add_argument("--pool-size", type=_positive(int, 0), default=30000, help="number of pre-rendered images")
-    parser.add_argument("--lr", type=_positive(float, 0), default=1e-3)
+    parser.add_argument("--lr", type=_positive(float, 0), default=1e-3, help="peak learning rate")
     parser.add_argument("--warmup-fraction", type=_fraction, default=0.6, help="share of steps for the image warm-up")
     parser.add_argument("--align-fraction", type=_fraction, default=0.4, help="share of steps with the image tower locked")
     parser.add_argument("--threads", type=_positive(int, 0, inclusive=True), default=1,
