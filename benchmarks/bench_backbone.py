@@ -9,9 +9,14 @@ the fused attention blocks ("after") against open_clip's own blocks, i.e. ``Resi
 ``visual(images)`` against ours at equal sequence length (no prompts, gradients to the images). The variants
 run interleaved in shuffled order in every repetition, so a shared, loaded machine slows them alike; the
 table gives medians, and per-repetition ratios as median [min, max].
+Text tower (``--text``): forward+backward with a learnable context, fused path vs open_clip's batch-first blocks vs
+a sequence-first reference written here the way the CoOp-family code runs its text encoder (``[L, N, D]`` through
+``nn.MultiheadAttention`` with a causal mask, same weights), all at the same EOT-truncated length, and that
+reference at the full 77 positions (``--text-full``: what the official code computes).
 
     python benchmarks/bench_backbone.py [--device cpu] [--threads 2] [--reps 2] [--precision fp32]
     python benchmarks/bench_backbone.py --paths --threads 1 --reps 7 --image-batch 8 [--model toy]
+    python benchmarks/bench_backbone.py --text --threads 1 --reps 7 [--text-ctx 10] [--text-full]
 """
 
 from __future__ import annotations
@@ -151,6 +156,92 @@ def bench_paths(bb: Backbone, label: str, batch: int, reps: int, n_prompts: int 
     print()
 
 
+def sequence_first_text(model: torch.nn.Module, attns: list[torch.nn.MultiheadAttention], embeddings: torch.Tensor,
+                        ids: torch.Tensor, seq: int) -> torch.Tensor:
+    """The text tower the way the CoOp-family code runs it: sequence-first [L, N, D] through
+    ``nn.MultiheadAttention`` (``need_weights=False``, a causal mask), on the first ``seq`` positions.
+    ``attns``: sequence-first copies of the blocks' attention modules (same weights)."""
+    x = (embeddings[:, :seq] + model.positional_embedding[:seq]).permute(1, 0, 2)
+    mask = torch.full((seq, seq), float("-inf"), dtype=x.dtype, device=x.device).triu(1)
+    for block, attn in zip(model.transformer.resblocks, attns):
+        h = block.ln_1(x)
+        x = x + attn(h, h, h, need_weights=False, attn_mask=mask)[0]
+        x = x + block.mlp(block.ln_2(x))
+    x = model.ln_final(x.permute(1, 0, 2))
+    return x[torch.arange(x.shape[0], device=x.device), ids.argmax(dim=-1)] @ model.text_projection
+
+
+def bench_text(bb: Backbone, reps: int, n_ctx: int, full: bool = False) -> None:
+    """Interleaved forward+backward of the prompted text tower: the fused path, open_clip's batch-first blocks and a
+    sequence-first reference (the CoOp-family code) at the same (truncated) length; ``full`` adds that reference at
+    the full 77 positions, as the official code runs it."""
+    import copy
+
+    model, dev = bb.model, bb.device
+    ids = bb.tokenize([f"{'X ' * n_ctx}{name}." for name in CLASSNAMES])
+    token_embeds = bb.embed_tokens(ids)
+    ctx = (torch.randn(n_ctx, bb.text_width, generator=torch.Generator().manual_seed(0)) * 0.02).to(dev)
+    ctx.requires_grad_(True)
+    seq = int(bb.eot_positions(ids).max()) + 1
+    attns = []
+    for block in model.transformer.resblocks:
+        attn = copy.deepcopy(block.attn)
+        attn.batch_first = False
+        attns.append(attn)
+
+    def run(fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
+        def step() -> None:
+            ctx.grad = None
+            fn().float().square().mean().backward()
+        return step
+
+    def fused() -> torch.Tensor:
+        return bb.encode_text(ids, embeddings=splice_context(token_embeds, ctx)).features
+
+    def batch_first() -> torch.Tensor:
+        with open_clip_blocks():
+            return fused()
+
+    def seq_first(length: int) -> Callable[[], torch.Tensor]:
+        return lambda: sequence_first_text(model, attns, splice_context(token_embeds, ctx), ids, length)
+
+    with torch.no_grad():
+        ref = seq_first(seq)()
+        err = {"fused": (fused() - ref).abs().max().item(), "open_clip": (batch_first() - ref).abs().max().item(),
+               "77": (seq_first(bb.context_length)() - ref).abs().max().item()}
+    variants = {"fused (dplbench)": run(fused), "open_clip batch-first": run(batch_first),
+                "sequence-first reference": run(seq_first(seq))}
+    if full:
+        variants[f"sequence-first, full {bb.context_length}"] = run(seq_first(bb.context_length))
+    for fn in variants.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    order = list(variants)
+    rng = random.Random(0)
+    loads = []
+    for _ in range(reps):
+        rng.shuffle(order)
+        for key in order:
+            _sync(dev)
+            start = time.perf_counter()
+            variants[key]()
+            _sync(dev)
+            times[key].append(time.perf_counter() - start)
+        loads.append(os.getloadavg()[0])
+    print(f"text tower forward+backward, {len(CLASSNAMES)} prompts '{'X ' * 2}... {{name}}.' with a learnable "
+          f"{n_ctx}x{bb.text_width} context, S={seq} positions (EOT-truncated); threads={torch.get_num_threads()}, "
+          f"reps={reps} interleaved, load average {min(loads):.1f}-{max(loads):.1f}; max |difference| to the "
+          f"sequence-first reference: fused {err['fused']:.1e}, open_clip {err['open_clip']:.1e}, "
+          f"full 77 {err['77']:.1e}")
+    print()
+    print("| variant | seconds (median [min, max]) | time / fused, per rep: median [min, max] |")
+    print("|---|---|---|")
+    for key in variants:
+        ratios = [t / f for t, f in zip(times[key], times["fused (dplbench)"])]
+        print(f"| {key} | {_spread(times[key])} | {_spread(ratios)} |")
+    print()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -162,11 +253,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="ViT-B-16", help="ViT-B-16 (random init) or toy (--paths only)")
     parser.add_argument("--capture", type=int, default=None, help="--paths: a vision layer run with probabilities")
     parser.add_argument("--vision-only", action="store_true", help="--paths: only the prompted vision tower")
+    parser.add_argument("--text", action="store_true",
+                        help="only the text tower: fused vs open_clip batch-first vs a sequence-first reference")
+    parser.add_argument("--text-ctx", type=int, default=10, help="--text: context length (10: S=16 positions)")
+    parser.add_argument("--text-full", action="store_true", help="--text: also the reference at 77 positions")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     import open_clip
 
     torch.manual_seed(0)
+    if args.text:
+        model = open_clip.create_model(args.model, pretrained=None, force_quick_gelu=True)
+        bench_text(Backbone.from_model(model, name=args.model, precision=args.precision, device=args.device),
+                   args.reps, args.text_ctx, full=args.text_full)
+        return
     if args.paths:
         if args.model == "toy":
             bb = create_backbone(BackboneConfig(name="toy", precision=args.precision), args.device)

@@ -6,7 +6,10 @@ unit expansion, ``dry-run`` (expansion + a store lookup per unit + the table of 
 empty and on a full store, writing fabricated ``done`` records with ResultStore, ``ResultStore.iter_records``,
 table building (``dplbench.report.build_tables``) and, for the smaller ``--mlflow-sizes``, MLflow logging (one
 child run per unit with its parameters, two epochs of metrics and the final result, as a run does).
-Prints each time per size and the exponent b of a least-squares fit ``t = a n^b`` (1 = linear, 2 = quadratic).
+Each of ``--repeats`` rounds runs every size once, in a shuffled order (a busy spell of a shared machine then hits
+every size alike); prints, per size, the median time of each step over the rounds, and the exponent b of a
+least-squares fit ``t = a n^b`` (1 = linear, 2 = quadratic) fitted per round (median and range), with the load
+average at each measurement.
 
 Example: python benchmarks/bench_scale.py --sizes 1000 3000 10000 --mlflow-sizes 100 300 1000 --json /tmp/s.json
 """
@@ -17,6 +20,7 @@ import argparse
 import json
 import math
 import os
+import random
 import shutil
 import sys
 import tempfile
@@ -107,30 +111,54 @@ def bench_mlflow(target: int) -> dict:
         shutil.rmtree(out, ignore_errors=True)
 
 
+def _median(values: list[float]) -> float:
+    values = sorted(values)
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def _exponents(rows: list[dict], size_key: str) -> dict[str, float]:
+    return {key: fit_exponent([r[size_key] for r in rows], [r[key] for r in rows])
+            for key in rows[0] if key not in ("units", "loadavg")}
+
+
+def _summary(repeats: list[list[dict]]) -> dict:
+    """Per size: the median time of each step over the repeats; the exponent fitted per repeat (median, range)."""
+    per_size = [[rep[i] for rep in repeats] for i in range(len(repeats[0]))]
+    medians = [{"units": rows[0]["units"], **{k: _median([r[k] for r in rows]) for k in rows[0] if k != "units"}}
+               for rows in per_size]
+    fits = [_exponents(rep, "units") for rep in repeats] if len(repeats[0]) > 1 else []
+    exponents = {k: {"median": _median([f[k] for f in fits]), "min": min(f[k] for f in fits),
+                     "max": max(f[k] for f in fits)} for k in (fits[0] if fits else {})}
+    return {"medians": medians, "exponents": exponents}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 3000, 10000])
+    ap.add_argument("--sizes", type=int, nargs="*", default=[1000, 3000, 10000])
     ap.add_argument("--mlflow-sizes", type=int, nargs="*", default=[100, 300, 1000])
+    ap.add_argument("--repeats", type=int, default=3, help="rounds; each round runs every size in a shuffled order")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    result: dict = {"cpus": os.cpu_count(), "loadavg_before": os.getloadavg(), "rows": [], "mlflow": []}
-    for size in args.sizes:
-        row = bench_size(size)
-        result["rows"].append(row)
-        print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
-    for size in args.mlflow_sizes:
-        row = bench_mlflow(size)
-        result["mlflow"].append(row)
-        print(json.dumps(row), flush=True)
-    rows = result["rows"]
-    if len(rows) > 1:
-        result["exponents"] = {key: fit_exponent([r["units"] for r in rows], [r[key] for r in rows])
-                               for key in rows[0] if key != "units"}
-    if len(result["mlflow"]) > 1:
-        result["exponents"]["mlflow"] = fit_exponent([r["units"] for r in result["mlflow"]],
-                                                     [r["mlflow"] for r in result["mlflow"]])
+    rng = random.Random(0)
+    result: dict = {"cpus": os.cpu_count(), "loadavg_before": os.getloadavg()}
+    for name, sizes, bench in (("store", args.sizes, bench_size), ("mlflow", args.mlflow_sizes, bench_mlflow)):
+        repeats = []
+        for _ in range(args.repeats if sizes else 0):
+            order = list(range(len(sizes)))
+            rng.shuffle(order)
+            rows: list[dict] = [{}] * len(sizes)
+            for i in order:  # interleaved: a slow spell of the machine hits every size alike
+                rows[i] = {**bench(sizes[i]), "loadavg": os.getloadavg()[0]}
+                print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in rows[i].items()}),
+                      flush=True)
+            repeats.append(rows)
+        if repeats:
+            result[name] = {"repeats": repeats, **_summary(repeats)}
     result["loadavg_after"] = os.getloadavg()
-    print(json.dumps(result, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("store", "mlflow")} |
+                     {k: {"medians": v["medians"], "exponents": v["exponents"]} for k, v in result.items()
+                      if k in ("store", "mlflow")}, indent=1))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
 

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Sequence
+from functools import cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,17 @@ def git_commit(path: str | Path | None = None) -> dict[str, Any] | None:
     return {"sha": sha, "dirty": dirty}
 
 
+@cache
+def _process_versions() -> tuple[tuple[str, str | None], ...]:
+    return tuple(package_versions().items())
+
+
+@cache
+def _process_commit() -> tuple[tuple[str, Any], ...] | None:
+    commit = git_commit()
+    return None if commit is None else tuple(commit.items())
+
+
 def device_info(device: str | None = None) -> dict[str, Any]:
     """Device description; imports torch (call only where torch is already needed)."""
     import torch
@@ -75,8 +87,9 @@ def environment_record(device: str | None = None, command: Sequence[str] | None 
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "packages": package_versions(),
-        "git": git_commit(),
+        # read once per process (a worker runs many units): the code and packages it runs do not change under it
+        "packages": dict(_process_versions()),
+        "git": None if (commit := _process_commit()) is None else dict(commit),
         "device": device_info(device) if "torch" in sys.modules else {"device": device},
         "argv": list(command) if command is not None else _own_argv(),
     }

@@ -95,9 +95,10 @@ class _UnitRun:
 
     # -- data ---------------------------------------------------------------------------------------------
     def load(self, name: str):
-        from dplbench.data import load_dataset
+        from dplbench.data.reuse import reusable_dataset
 
-        splits = load_dataset(name, self.runtime.data_root, path=(self.runtime.data_paths or {}).get(name))
+        # a worker that runs several units keeps the datasets it loaded (dplbench/data/reuse.py)
+        splits = reusable_dataset(name, self.runtime.data_root, path=(self.runtime.data_paths or {}).get(name))
         self.data_files.setdefault(name, {})["split"] = splits.source_digest()
         return splits
 

@@ -360,30 +360,37 @@ def test_execute_few_shot_and_long_tail(exec_env):
     assert set(lift["metrics"]) == {"overall", "many", "medium", "few"} and lift["metrics"]["few"] is not None
 
 
-def test_backbone_reuse_across_units_gives_identical_results(exec_env):
-    """Units run back to back in one worker with the kept backbone give bit-identical results to units that each
-    build their backbone afresh (random-init weights: the RNG state after building is restored too)."""
+def test_worker_caches_across_units_give_identical_results(exec_env):
+    """Units run back to back in one worker with the kept backbone and datasets give bit-identical results to units
+    that each build their backbone and load their data afresh (random-init weights: the RNG state after building is
+    restored too)."""
     from dplbench.backbone import reuse
+    from dplbench.data import reuse as data_reuse
     from dplbench.execute import execute_unit
 
-    units = [exec_env.unit("few_shot", "few_shot", "coop", shots=2), exec_env.unit("base2novel", "base2novel", "zsclip"),
-             exec_env.unit("base2novel", "base2novel", "coop")]
+    units = [exec_env.unit("few_shot", "few_shot", "coop", shots=2),
+             exec_env.unit("base2novel", "base2novel", "zsclip"), exec_env.unit("base2novel", "base2novel", "coop")]
 
     def run_all(keep: bool) -> list[dict]:
         reuse.clear()
-        before = dict(reuse.stats)
+        data_reuse.clear()
+        before = dict(reuse.stats), dict(data_reuse.stats)
         outs = []
         for unit in units:
             if not keep:
                 reuse.clear()
+                data_reuse.clear()
             out = execute_unit(unit, exec_env.runtime)
-            outs.append({"metrics": out["metrics"], "losses": [h["loss"] for h in out["history"]]})
-        builds = reuse.stats["builds"] - before["builds"]
-        assert builds == (1 if keep else len(units))
+            outs.append({"metrics": out["metrics"], "losses": [h["loss"] for h in out["history"]],
+                         "predictions": {k: (v.predicted.tolist(), v.margin.tolist())
+                                         for k, v in out["predictions"].items()}})
+        assert reuse.stats["builds"] - before[0]["builds"] == (1 if keep else len(units))
+        assert data_reuse.stats["loads"] - before[1]["loads"] == (1 if keep else len(units))
         return outs
 
     fresh = run_all(keep=False)
     kept = run_all(keep=True)
+    data_reuse.clear()
     assert kept == fresh and fresh[0]["losses"]
 
 

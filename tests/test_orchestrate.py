@@ -288,6 +288,64 @@ def test_runs_left_running_by_a_killed_invocation_are_closed_by_the_next_one(out
 
 
 # -- sweeps -------------------------------------------------------------------------------------------------------
+def test_a_unit_run_batches_its_mlflow_calls(output_dir, monkeypatch):
+    """A short unit sends its parameters, every epoch's metrics and its final metrics in one log_batch call; a
+    long one still shows progress (held metrics go out once FLUSH_SECONDS have passed)."""
+    from mlflow.tracking import MlflowClient
+
+    from dplbench.orchestrate import tracking
+
+    cfg = make_cfg(output_dir)
+    unit = expand_units(cfg)[0]
+    info = tracking.start_parent(cfg, "batching", {}, {})
+    calls: list[str] = []
+    log_batch = MlflowClient.log_batch
+
+    def counted(self, run_id, **kwargs):
+        calls.append(run_id)
+        return log_batch(self, run_id, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", counted)
+    run = tracking.UnitRun(info, unit)
+    for epoch in range(1, 31):
+        run.log_epoch({"epoch": epoch, "loss": 1.0 / epoch})
+    run.finish({"status": "failed", "error": "ValueError: boom", "metrics": {"base": 70.0},
+                "history": [{}] * 30}, None)
+    assert calls == [run.run_id]
+    client = MlflowClient(info.uri)
+    assert [m.step for m in client.get_metric_history(run.run_id, "loss")] == list(range(1, 31))
+    logged = client.get_run(run.run_id)
+    assert logged.data.params["config_hash"] == unit.config_hash and logged.data.metrics["base"] == 70.0
+    assert logged.info.status == "FAILED" and logged.data.tags["dplbench.error"] == "ValueError: boom"
+    assert {a.path for a in client.list_artifacts(run.run_id)} == {"config.json"}
+
+    monkeypatch.setattr(tracking, "FLUSH_SECONDS", 0.0)
+    live = tracking.UnitRun(info, unit)
+    calls.clear()
+    live.log_epoch({"epoch": 1, "loss": 0.5})
+    assert calls == [live.run_id] and client.get_run(live.run_id).data.params["config_hash"] == unit.config_hash
+    assert client.get_run(live.run_id).info.status == "RUNNING"
+
+
+def test_epoch_reports_to_ray_tune_are_throttled_and_the_end_is_always_reported(tmp_path, monkeypatch):
+    from dplbench.orchestrate import trial
+    from dplbench.runtime import Runtime
+
+    def fifty_epochs(unit, runtime, on_epoch=None):
+        for epoch in range(1, 51):
+            on_epoch({"epoch": epoch, "loss": 1.0 / epoch})
+        return {"metrics": {"base": 1.0, "novel": 1.0, "hm": 1.0}, "history": []}
+
+    runtime = Runtime.from_config(device="cpu", output_dir=str(tmp_path))
+    for seconds, epochs_reported in ((3600.0, [1]), (0.0, list(range(1, 51)))):
+        monkeypatch.setattr(trial, "REPORT_SECONDS", seconds)
+        reports: list[dict] = []
+        unit = expand_units(make_cfg(tmp_path, f"seeds=[{len(epochs_reported)}]"))[0]
+        outcome = trial.execute_and_record(unit, runtime, executor=fifty_epochs, report=reports.append)
+        assert [r["epoch"] for r in reports if "epoch" in r] == epochs_reported
+        assert reports[-1]["status"] == "done" and len(outcome.record["history"]) == 50
+
+
 def test_grid_sweep_2x2_runs_4_trials_into_the_store_and_mlflow(ray_instance, output_dir):
     from mlflow.tracking import MlflowClient
 

@@ -69,7 +69,8 @@ def _dedupe(units: Sequence[Unit]) -> list[Unit]:
 def pending_units(cfg: Config, units: Sequence[Unit]) -> list[Unit]:
     """Units without a ``done`` result file of the same config hash (all of them with ``run.force``)."""
     store = ResultStore(cfg.run.output_dir)
-    return [u for u in units if cfg.run.force or not store.is_done(u.unit_dict(), u.config_hash)]
+    force = bool(cfg.run.force)  # read once: an OmegaConf lookup per unit costs more than the file check
+    return [u for u in units if force or not store.is_done(u.unit_dict(), u.config_hash)]
 
 
 def unit_status(store: ResultStore, unit: Unit) -> str:

@@ -15,6 +15,7 @@ base test images and on novel classes; the regularised methods, which stay near 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass, replace
@@ -167,6 +168,7 @@ def _skewed_colors(spec: ToySpec, labels: np.ndarray, rng: np.random.Generator) 
     return np.where(forced, typical, rng.integers(0, len(COLOR_NAMES), len(labels)))
 
 
+@functools.cache
 def version_key() -> str:
     dists = {"downstream": asdict(DOWNSTREAM), **{k: asdict(v) for k, v in STYLE_VARIANTS.items()}}
     blob = json.dumps({"render": RENDER_VERSION, "specs": {k: asdict(v) for k, v in SPECS.items()}, "dists": dists},
