@@ -82,6 +82,11 @@ class ReportConfig:
 
 
 @dataclass
+class LLMConfig:
+    path: Optional[str] = None            # local folder of the LLM checkpoint (methods built on an LLM; never downloaded)
+
+
+@dataclass
 class Config:
     protocol: str = "base2novel"
     methods: list[str] = field(default_factory=list)     # empty = the protocol's default list
@@ -100,6 +105,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
 
 
 # shorthand key -> (real key, wrap the value in a list)
@@ -257,7 +263,7 @@ def check_config_ranges(cfg: DictConfig, explicit: set[str]) -> None:
 def absolutize_paths(cfg: DictConfig) -> None:
     """Make every path absolute now: Ray trials run in another working directory."""
     for section, key in (("run", "output_dir"), ("data", "root"), ("backbone", "checkpoint"),
-                         ("backbone", "cache_dir")):
+                         ("backbone", "cache_dir"), ("llm", "path")):
         value = cfg[section][key]
         if value:
             cfg[section][key] = str(Path(value).expanduser().absolute())

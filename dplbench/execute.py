@@ -121,7 +121,8 @@ class _UnitRun:
         seed_everything(self.train_seed)  # prompt initialisation
         context = MethodContext(recipe=self.unit.recipe, num_epochs=self.recipe.epochs,
                                 cache_dir=self.workspace.cache,
-                                shots=self.unit.shots)
+                                shots=self.unit.shots, llm_path=self.runtime.llm_path,
+                                knowledge_dir=self.workspace.knowledge)
         method = self.method_cls(self.backbone, list(classnames), dataset, self.recipe.options, context)
         self.method = method
         self.extra["num_trainable_params"] = method.num_trainable()
@@ -148,8 +149,11 @@ class _UnitRun:
         settings = TrainSettings(epochs=self.recipe.epochs, lr=self.recipe.lr, batch_size=self.recipe.batch_size,
                                  seed=self.train_seed, num_workers=self.runtime.num_workers,
                                  bank_views=bank.views, bank_seed=bank.seed)
+        transform, described = method.training_transform(self.train_transform, self.test_transform)
+        if described is not None:
+            self.transforms["train"] = described
         t0 = time.perf_counter()
-        self.history = train(method, splits, settings, transform=self.train_transform, on_epoch=self.on_epoch,
+        self.history = train(method, splits, settings, transform=transform, on_epoch=self.on_epoch,
                              checkpoint_path=resume if self.recipe.epochs > 0 and method.num_trainable() else None,
                              clean_transform=self.test_transform, clean_transform_desc=self.transforms["test"],
                              cache=self.features, transform_desc=self.transforms["train"])

@@ -32,7 +32,8 @@ class Runtime:
     data_paths: Mapping[str, str] = _key("data.paths")  # dataset name -> its folder
     num_workers: int = _key("data.num_workers")
     weights_cache_dir: str | None = _key("backbone.cache_dir")
-    command: tuple[str, ...] = _key("run.command")  # the user's command line (a Ray worker's argv is Ray's)
+    command: tuple[str, ...] = _key("run.command")
+    llm_path: str | None = _key("llm.path")  # the LLM checkpoint folder of LLM-based methods (never downloaded)  # the user's command line (a Ray worker's argv is Ray's)
 
     @classmethod
     def from_config(cls, cfg: Config | None = None, **changes: Any) -> Runtime:

@@ -1,0 +1,250 @@
+"""The offline per-dataset LLM knowledge cache of ``drople_llamp`` (docs/methods.md §5.2; ``dplbench
+build-knowledge``).
+
+For every class and each of the dataset's 11 question templates:
+
+1. the question (``"In one sentence, " + template``) goes into the LLM's chat template with the system prompt
+   ``"You are a helpful assistant."`` (no generation prompt, as released), followed by ``" The {class} appears as"``;
+2. the LLM answers greedily (128 new tokens at most);
+3. the answer's noun phrases (:mod:`dplbench.llm.noun_phrases`) are joined with ", " and tokenised on their own;
+4. question + noun phrases run through the LLM once, and the keys and values the **last** decoder layer computes for
+   them (after RoPE, as a KV cache holds them) are stored.
+
+One file per class (written atomically; a finished class is skipped on a rerun, so an interrupted build resumes),
+plus ``manifest.json`` (LLM identity, templates, extractor, versions). The sequences are stored unpadded; the
+attention mask of a template's batch is rebuilt from their lengths when loaded. The cache lives in the output
+folder: ``Workspace.knowledge_cache(dataset, llm_id)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dplbench.errors import ConfigError, WeightsNotFoundError
+from dplbench.fileio import atomic_torch_save, atomic_write_text
+from dplbench.llm import templates as T
+
+FORMAT = "dplbench-llm-knowledge/1"
+MANIFEST = "manifest.json"
+NOUN_PHRASE_MAX_TOKENS = 128
+
+
+def check_llm_path(path: str | Path | None) -> Path:
+    """The LLM folder, or one readable line saying what is missing (weights are never downloaded)."""
+    if not path:
+        raise WeightsNotFoundError("this needs a local LLM checkpoint: set llm.path=/folder/with/config.json "
+                                   "(e.g. Meta-Llama-3-8B-Instruct; dplbench never downloads weights)")
+    folder = Path(path).expanduser()
+    if not (folder / "config.json").is_file():
+        raise WeightsNotFoundError(f"llm.path={path}: no config.json there (expected a transformers checkpoint "
+                                   "folder, e.g. Meta-Llama-3-8B-Instruct; dplbench never downloads weights)")
+    return folder
+
+
+def llm_identity(path: str | Path) -> dict[str, Any]:
+    """What identifies the LLM: a digest of its config.json and of its files' names and sizes."""
+    folder = check_llm_path(path)
+    config = (folder / "config.json").read_bytes()
+    digest = hashlib.sha256(config)
+    for entry in sorted(folder.iterdir()):
+        if entry.is_file():
+            digest.update(f"{entry.name}:{entry.stat().st_size};".encode())
+    settings = json.loads(config)
+    return {"id": digest.hexdigest()[:16], "name_or_path": settings.get("_name_or_path") or folder.name,
+            "model_type": settings.get("model_type"), "hidden_size": settings.get("hidden_size"),
+            "num_hidden_layers": settings.get("num_hidden_layers"), "path": str(folder.resolve())}
+
+
+def class_file(folder: Path, classname: str) -> Path:
+    return folder / "classes" / (hashlib.sha256(classname.encode()).hexdigest()[:20] + ".pt")
+
+
+def question_text(tokenizer: Any, dataset: str, template: str, classname: str) -> str:
+    """The full LLM input of one (class, template) before the answer (chat template + the answer's lead)."""
+    name = T.display_name(classname)
+    chat = [{"role": "system", "content": T.SYSTEM_PROMPT},
+            {"role": "user", "content": T.QUESTION_PREFIX + template.format(name)}]
+    return tokenizer.apply_chat_template(chat, tokenize=False) + T.ANSWER_LEAD.format(name)
+
+
+@torch.no_grad()
+def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[list[int]], batch_size: int,
+                     max_new_tokens: int = T.MAX_NEW_TOKENS) -> list[str]:
+    """Greedy answers (at most ``max_new_tokens``, released: 128) to tokenised prompts, batched with left
+    padding."""
+    answers: list[str] = []
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start:start + batch_size]
+        width = max(len(p) for p in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros(len(batch), width, dtype=torch.long)
+        for i, p in enumerate(batch):
+            ids[i, width - len(p):] = torch.tensor(p)
+            mask[i, width - len(p):] = 1
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
+                             max_new_tokens=max_new_tokens, pad_token_id=pad)
+        answers += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+    return answers
+
+
+@torch.no_grad()
+def last_layer_kv(model: Any, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values [kv_heads, T, head_dim] the last decoder layer computes for the unpadded sequence ``ids``
+    (positions 0..T-1, RoPE applied to the keys)."""
+    from dplbench.llm.decoder import layer_keys_values
+
+    layer = model.model.layers[-1]
+    seen: dict[str, torch.Tensor] = {}
+
+    def grab(module: Any, args: tuple, kwargs: dict) -> None:
+        seen["hidden"] = args[0] if args else kwargs["hidden_states"]
+
+    handle = layer.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        device = next(model.parameters()).device
+        model.model(input_ids=torch.tensor([ids], device=device), use_cache=False)
+    finally:
+        handle.remove()
+    positions = torch.arange(len(ids), device=seen["hidden"].device)[None]
+    keys, values = layer_keys_values(layer, model.model.rotary_emb, seen["hidden"], positions)
+    return keys[0].cpu(), values[0].cpu()
+
+
+@dataclass
+class BuildReport:
+    folder: Path
+    built: int
+    skipped: int
+
+
+def build_knowledge(dataset: str, classnames: Sequence[str], llm_path: str | Path, folder_for: Callable[[str], Path],
+                    *, extractor: str = "auto", batch_size: int = 16, device: str = "cpu",
+                    dtype: torch.dtype | None = None, max_new_tokens: int = T.MAX_NEW_TOKENS,
+                    log: Callable[[str], None] = print) -> BuildReport:
+    """Build (or resume) the knowledge cache of ``classnames``; ``folder_for(llm_id)`` gives its folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dplbench.environment import package_versions
+    from dplbench.llm.noun_phrases import noun_phrase_extractor
+
+    identity = llm_identity(llm_path)
+    folder = folder_for(identity["id"])
+    extractor_name, extract = noun_phrase_extractor(extractor)
+    questions = T.questions(dataset)
+    manifest = {"format": FORMAT, "dataset": dataset, "llm": identity, "questions": questions,
+                "system_prompt": T.SYSTEM_PROMPT, "question_prefix": T.QUESTION_PREFIX,
+                "answer_lead": T.ANSWER_LEAD, "max_new_tokens": max_new_tokens, "decoding": "greedy",
+                "noun_phrases": extractor_name, "layers_cached": "last decoder layer (keys after RoPE, values)"}
+    previous = read_manifest(folder) if (folder / MANIFEST).is_file() else None
+    if previous is not None and _recipe(previous) != _recipe(manifest):
+        raise ConfigError(f"{folder} holds a knowledge cache built differently (LLM, questions or extractor); "
+                          "remove it or use another run.output_dir")
+    todo = [c for c in classnames if not _finished(folder, c, len(questions))]
+    manifest["classes"] = sorted(set(classnames) | set((previous or {}).get("classes", [])))
+    manifest["versions"] = package_versions(("torch", "transformers", "spacy"))
+    if not todo:
+        atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        return BuildReport(folder, 0, len(classnames))
+    tokenizer = AutoTokenizer.from_pretrained(str(llm_path), local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(str(llm_path), local_files_only=True,
+                                                 dtype=dtype or torch.float32).to(device).eval()
+    log(f"knowledge cache {folder}: {len(todo)} of {len(classnames)} classes to build "
+        f"({len(questions)} questions each, noun phrases: {extractor_name})")
+    for n, classname in enumerate(todo, 1):
+        prompts = [tokenizer(question_text(tokenizer, dataset, q, classname))["input_ids"] for q in questions]
+        answers = generate_answers(model, tokenizer, prompts, batch_size, max_new_tokens)
+        phrases = [extract(a) for a in answers]
+        keys, values = [], []
+        for prompt, found in zip(prompts, phrases):
+            tail = tokenizer(", ".join(found), truncation=True, max_length=NOUN_PHRASE_MAX_TOKENS)["input_ids"]
+            k, v = last_layer_kv(model, list(prompt) + list(tail))
+            keys.append(k)
+            values.append(v)
+        atomic_torch_save({"format": FORMAT, "classname": classname, "keys": keys, "values": values,
+                           "answers": answers, "noun_phrases": phrases}, class_file(folder, classname))
+        log(f"  [{n}/{len(todo)}] {classname}")
+    atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return BuildReport(folder, len(todo), len(classnames) - len(todo))
+
+
+def _recipe(manifest: dict[str, Any]) -> tuple:
+    return (manifest["llm"]["id"], manifest["questions"], manifest["noun_phrases"], manifest["answer_lead"],
+            manifest["system_prompt"], manifest["max_new_tokens"])
+
+
+def _finished(folder: Path, classname: str, num_questions: int) -> bool:
+    path = class_file(folder, classname)
+    if not path.is_file():
+        return False
+    try:
+        entry = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a damaged file is rebuilt
+        return False
+    return entry.get("classname") == classname and len(entry.get("keys", [])) == num_questions
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{folder / MANIFEST}: unreadable knowledge manifest ({exc.__class__.__name__})") from None
+    if manifest.get("format") != FORMAT:
+        raise ConfigError(f"{folder / MANIFEST}: not a {FORMAT} manifest")
+    return manifest
+
+
+@dataclass
+class Knowledge:
+    """A loaded knowledge cache for a list of classes: per template t, ``keys[t]`` / ``values[t]``
+    [C, kv_heads, T_max, head_dim] (right-padded) and ``mask[t]`` [C, T_max] (1 = a real token)."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    mask: list[torch.Tensor]
+    noun_phrases: list[list[list[str]]]   # [class][template] -> phrases
+    manifest: dict[str, Any]
+
+    @property
+    def num_templates(self) -> int:
+        return len(self.keys)
+
+
+def load_knowledge(folder: Path, classnames: Sequence[str]) -> Knowledge:
+    """Load the cache of ``classnames`` (one readable line when a class or the cache is missing)."""
+    if not (folder / MANIFEST).is_file():
+        raise ConfigError(f"no LLM knowledge cache at {folder}; build it first: dplbench build-knowledge "
+                          "dataset=<name> llm.path=<folder> (same run.output_dir)")
+    manifest = read_manifest(folder)
+    entries = []
+    for classname in classnames:
+        path = class_file(folder, classname)
+        if not path.is_file():
+            raise ConfigError(f"the LLM knowledge cache {folder} has no entry for class {classname!r}; "
+                              "rerun dplbench build-knowledge for this dataset")
+        entries.append(torch.load(path, map_location="cpu", weights_only=True))
+    count = len(manifest["questions"])
+    keys, values, masks = [], [], []
+    for t in range(count):
+        width = max(e["keys"][t].shape[1] for e in entries)
+        k = torch.zeros(len(entries), *entries[0]["keys"][t].shape[:1], width, entries[0]["keys"][t].shape[2],
+                        dtype=entries[0]["keys"][t].dtype)
+        v = torch.zeros_like(k)
+        mask = torch.zeros(len(entries), width, dtype=torch.long)
+        for i, e in enumerate(entries):
+            length = e["keys"][t].shape[1]
+            k[i, :, :length] = e["keys"][t]
+            v[i, :, :length] = e["values"][t]
+            mask[i, :length] = 1
+        keys.append(k)
+        values.append(v)
+        masks.append(mask)
+    return Knowledge(keys, values, masks, [e["noun_phrases"] for e in entries], manifest)
