@@ -303,7 +303,8 @@ class _UnitRun:
             "backbone": {**self.backbone.info(), **({"init_seed": BACKBONE_INIT_SEED}
                                                     if not self.backbone.weights_file else {})},
             "transforms": self.transforms,
-            "schedule": describe_schedule(r.lr, r.epochs) if r.epochs else None,
+            "schedule": ((self.method.describe_schedule(r.lr, r.epochs) if self.method is not None
+                          else describe_schedule(r.lr, r.epochs)) if r.epochs else None),
             "recipe": {"family": self.unit.recipe, "source": r.source, "epochs": r.epochs, "lr": r.lr,
                        "batch_size": r.batch_size},
             "options": r.as_dict()["options"],

@@ -165,8 +165,7 @@ class DropleLlamp(PromptMethod):
 
     def _embed_with_positions(self, ids: torch.Tensor) -> torch.Tensor:
         """fp32 token + positional embeddings [N, L, D] (what the released HF ``text_model.embeddings`` returns)."""
-        emb = self.backbone.embed_tokens(ids, dtype=torch.float32)
-        return emb + self.backbone.model.positional_embedding[:ids.shape[1]].float()
+        return self.backbone.embed_tokens(ids, dtype=torch.float32, positional=True)
 
     # -- class-dependent state --------------------------------------------------------------------------------
     def build_class_state(self) -> None:
@@ -238,6 +237,12 @@ class DropleLlamp(PromptMethod):
     def logit_scale(self) -> float:
         return float(self.logit_scale_param.detach().exp())
 
+    def text_token_layout(self) -> Any:
+        """IWTD's text layout: the final EOS is global; SOS, the ctx and the LLM tokens are eligible; class-name
+        tokens, the masked pad/old-EOS positions and the EOS are exempt; scores normalise over every position
+        before the EOS (padding included)."""
+        return text_layout(self._layout_ids, self._eligible)
+
     def _text(self, template: int, training: bool) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """Text features [C, E] (not normalised) for one knowledge template, and the MAG features of training."""
         llm = self.generator(self._keys[template], self._values[template], self._kv_mask[template])
@@ -249,7 +254,7 @@ class DropleLlamp(PromptMethod):
         start, end = self._llm_slots
         iwtd_hook = None
         if training:
-            iwtd_hook = BranchDropoutHook("text", text_layout(self._layout_ids, self._eligible), self.iwtd,
+            iwtd_hook = BranchDropoutHook("text", self.text_token_layout(), self.iwtd,
                                           iwtd_layers=self.iwtd_layers["text"], mag=self.mag,
                                           mag_layers=self.mag_layers, prompts_at_end=False)
 
@@ -312,9 +317,8 @@ class DropleLlamp(PromptMethod):
 
     def training_step(self, images: torch.Tensor, labels: torch.Tensor, state: StepState) -> dict[str, torch.Tensor]:
         o = self.options
-        if images.dim() != 5:
-            raise ConfigError("drople_llamp trains on two views per image (its training_transform)")
-        augmented, clean = images[:, 0], images[:, 1]
+        # two views from training_transform; a plain batch (e.g. the contract test) is both views
+        augmented, clean = (images[:, 0], images[:, 1]) if images.dim() == 5 else (images, images)
         labels = labels.to(self.device)
         with torch.no_grad():
             self.logit_scale_param.clamp_(0.0, LOGIT_SCALE_MAX)
@@ -365,26 +369,17 @@ class DropleLlamp(PromptMethod):
                            "floor": max(lr2 / lr1 * FLOOR_LR, LORA_FLOOR_MIN) / lr2})
         return torch.optim.AdamW(groups, betas=(0.9, 0.999), weight_decay=self.options.weight_decay)
 
+    def describe_schedule(self, lr: float, epochs: int) -> dict[str, Any]:
+        o = self.options
+        return {"optimizer": "adamw", "betas": [0.9, 0.999], "weight_decay": o.weight_decay, "lr": lr,
+                "lora_lr": o.lora_lr, "scheduler": "released LambdaLR per group: floor for the first 10% of epoch 0, "
+                "then max(floor, (1 + cos(pi*e/max(E, 20)))/2)", "floors": [FLOOR_LR / lr, max(
+                    o.lora_lr / lr * FLOOR_LR, LORA_FLOOR_MIN) / o.lora_lr], "stepped": "per_step", "epochs": epochs}
+
     def adjust_learning_rates(self, optimizer: torch.optim.Optimizer, settings: Any, state: StepState) -> None:
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * llamp_lr_multiplier(group["floor"], state.epoch, state.step,
                                                                   state.steps_per_epoch, state.num_epochs)
-
-    # -- state ----------------------------------------------------------------------------------------------
-    def learned_state(self) -> dict[str, torch.Tensor]:
-        """Trainable tensors only (the copied LLM layer's frozen k/v projections and MLP are not saved)."""
-        return {k: p.detach().clone() for k, p in self.named_parameters() if p.requires_grad}
-
-    def load_learned_state(self, state: Any) -> None:
-        own = {k: p for k, p in self.named_parameters() if p.requires_grad}
-        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-        if missing or unexpected:
-            raise ConfigError(f"{self.name}: learned state does not match the method's options "
-                              f"(missing: {missing[:5]}, unexpected: {unexpected[:5]})")
-        with torch.no_grad():
-            for k, p in own.items():
-                p.copy_(state[k].to(device=p.device, dtype=p.dtype))
-        self._eval_text = None
 
     def faithfulness(self) -> dict[str, Any]:
         o = self.options
@@ -398,9 +393,6 @@ class DropleLlamp(PromptMethod):
                          f"{o.consistency.kd}·KD + L_res(w={o.res.weight}) + {o.mag.loss_weight}·L_MAG"),
                 "iwtd_layers": {br: sorted(v) for br, v in self.iwtd_layers.items()},
                 "mag_layers": sorted(self.mag_layers),
-                "optimizer": {"name": "adamw", "betas": [0.9, 0.999], "weight_decay": o.weight_decay,
-                              "lora_lr": o.lora_lr, "schedule": "released LambdaLR (floors, 10% warm-up of "
-                                                                "epoch 0, cosine over max(E, 20))"},
                 "quirks": {"teacher_text": o.teacher_text, "teacher_image": o.teacher_image,
                            "text_mask": o.text_mask, "test_softmax": o.test_softmax,
                            "epoch_selection": "last epoch (the released best-test-epoch selection is not "

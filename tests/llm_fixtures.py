@@ -34,3 +34,16 @@ def save_tiny_llama(folder: Path, *, hidden: int = 64, layers: int = 2, heads: i
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def tiny_llm_knowledge(root: Path, dataset: str, classnames: list[str]) -> dict:
+    """A tiny Llama under ``root/llm`` and its knowledge cache of ``classnames`` (2 new tokens per answer, the
+    rule-based noun phrases) under ``root/knowledge``: the context a ``drople_llamp`` instance needs."""
+    from dplbench.llm.knowledge import build_knowledge
+    from dplbench.workspace import knowledge_cache
+
+    llm = save_tiny_llama(root / "llm")
+    knowledge = root / "knowledge"
+    build_knowledge(dataset, classnames, llm, lambda llm_id: knowledge_cache(knowledge, dataset, llm_id),
+                    extractor="rules", max_new_tokens=2, log=lambda _: None)
+    return {"llm_path": str(llm), "knowledge_dir": knowledge}

@@ -170,10 +170,14 @@ class Backbone:
                     raise ConfigError(f"text does not fit in the {self.context_length}-token context: {text[:80]!r}")
         return self._tokenizer(texts).to(self.device)
 
-    def embed_tokens(self, ids: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-        """Token embeddings [N, L, D_t] (no positional embedding) in ``dtype``, by default the stream dtype.
-        The embedding table is fp32 in every precision mode, so ``dtype=torch.float32`` gives it unrounded."""
-        return self.model.token_embedding(ids.to(self.device)).to(dtype or self.stream_dtype)
+    def embed_tokens(self, ids: Tensor, dtype: torch.dtype | None = None, *, positional: bool = False) -> Tensor:
+        """Token embeddings [N, L, D_t] in ``dtype``, by default the stream dtype; ``positional`` adds the positional
+        embedding of positions 0..L-1 (what Hugging Face's CLIP text embeddings return). The tables are fp32 in
+        every precision mode, so ``dtype=torch.float32`` gives them unrounded."""
+        emb = self.model.token_embedding(ids.to(self.device))
+        if positional:
+            emb = emb + self.model.positional_embedding[:ids.shape[1]]
+        return emb.to(dtype or self.stream_dtype)
 
     @staticmethod
     def eot_positions(ids: Tensor) -> Tensor:

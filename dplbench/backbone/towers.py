@@ -161,11 +161,17 @@ def open_clip_run_block(block: nn.Module, x: Tensor, causal: bool, need_weights:
                         qkv_delta: QKVDelta | None = None) -> tuple[Tensor, Tensor | None]:
     """The same block through open_clip's own path (``block.forward``; ``nn.MultiheadAttention(need_weights=True)``
     where probabilities are needed), with :func:`run_block`'s signature: the reference the fused path is tested
-    against, and the "before" of ``benchmarks/bench_backbone.py --paths`` (no key mask, no q/k/v delta)."""
-    if key_mask is not None or qkv_delta is not None:
-        raise ValueError("open_clip's block path takes neither a key mask nor a q/k/v delta")
+    against, and the "before" of ``benchmarks/bench_backbone.py --paths`` (no q/k/v delta: the packed projection
+    of ``nn.MultiheadAttention`` cannot take one)."""
+    if qkv_delta is not None:
+        raise ValueError("open_clip's block path cannot add a q/k/v delta")
     s = x.shape[1]
     mask = torch.full((s, s), float("-inf"), dtype=x.dtype, device=x.device).triu(1) if causal else None
+    if key_mask is not None:  # per-sample additive mask [N·H, S, S]
+        blocked = ~key_mask[:, None, None, :s].to(device=x.device, dtype=torch.bool)
+        extra = torch.zeros(blocked.shape, dtype=x.dtype, device=x.device).masked_fill(blocked, float("-inf"))
+        extra = (extra + (mask if mask is not None else 0)).expand(-1, block.attn.num_heads, s, s)
+        mask = extra.reshape(-1, s, s)
     if not need_weights:
         return block(x, attn_mask=mask), None
     h = block.ln_1(x)

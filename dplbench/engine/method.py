@@ -205,6 +205,12 @@ class PromptMethod(nn.Module):
     def adjust_learning_rates(self, optimizer: torch.optim.Optimizer, settings: Any, state: StepState) -> None:
         """Called before every optimiser step, after the trainer set the epoch's LR (default: keep it)."""
 
+    def describe_schedule(self, lr: float, epochs: int) -> dict[str, Any]:
+        """The optimiser and LR schedule as recorded in result files (default: Dassl's SGD + cosine)."""
+        from dplbench.engine.schedule import describe_schedule
+
+        return describe_schedule(lr, epochs)
+
     def training_transform(self, default: Callable, evaluation: Callable) -> tuple[Callable, list[str] | None]:
         """The training transform and its description (None = the default's); ``default`` is the protocol's
         augmentation, ``evaluation`` the test transform. A method with its own views overrides this."""

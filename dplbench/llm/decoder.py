@@ -6,7 +6,9 @@ tokens that replace the LLM slots of the CLIP text sequence at layer d.
 Only the last layer, the final norm and the rotary embedding are read from the checkpoint
 (:func:`load_last_layer`), never the whole model. The layer's attention is computed here from its modules (q/k/v/o
 projections, RoPE, grouped-query heads) so the code does not depend on transformers' cache API. Trainable: the
-query, q_proj, o_proj, both layer norms, the final norm, the projections and biases; frozen: k_proj, v_proj, MLP.
+query, q_proj, o_proj, both layer norms, the final norm, the projections and biases; frozen: k_proj, v_proj, MLP
+and the rotary embedding, kept outside the module tree (like the frozen CLIP backbone), so a method's parameters and
+learned state are exactly what it trains.
 """
 
 from __future__ import annotations
@@ -25,14 +27,19 @@ from dplbench.errors import ConfigError
 
 def layer_keys_values(layer: nn.Module, rotary: nn.Module, hidden: torch.Tensor,
                       positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keys (RoPE applied) and values [B, kv_heads, T, head_dim] of ``layer`` for its input ``hidden`` [B, T, H]."""
+    """Keys (RoPE applied) and values [B, kv_heads, T, head_dim] of a decoder ``layer`` for its input ``hidden``
+    [B, T, H] at ``positions`` [B, T]."""
+    attn = layer.self_attn
+    return _keys_values(layer.input_layernorm(hidden), attn.k_proj, attn.v_proj, attn.head_dim, rotary, positions)
+
+
+def _keys_values(h: torch.Tensor, k_proj: nn.Module, v_proj: nn.Module, head_dim: int, rotary: nn.Module,
+                 positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-    attn = layer.self_attn
-    h = layer.input_layernorm(hidden)
     b, t, _ = h.shape
-    keys = attn.k_proj(h).view(b, t, -1, attn.head_dim).transpose(1, 2)
-    values = attn.v_proj(h).view(b, t, -1, attn.head_dim).transpose(1, 2)
+    keys = k_proj(h).view(b, t, -1, head_dim).transpose(1, 2)
+    values = v_proj(h).view(b, t, -1, head_dim).transpose(1, 2)
     cos, sin = rotary(h, positions)
     keys, _ = apply_rotary_pos_emb(keys, keys, cos, sin)
     return keys, values
@@ -99,9 +106,14 @@ class LLMPromptGenerator(nn.Module):
     def __init__(self, config: Any, layer: nn.Module, norm: nn.Module, rotary: nn.Module, *, num_tokens: int = 24,
                  depth: int = 9, text_width: int = 512):
         super().__init__()
-        self.layer = layer
+        attn = layer.self_attn
+        self.q_proj, self.o_proj = attn.q_proj, attn.o_proj
+        self.input_layernorm, self.post_attention_layernorm = layer.input_layernorm, layer.post_attention_layernorm
         self.norm = norm
-        self.rotary = rotary
+        frozen = nn.ModuleDict({"k_proj": attn.k_proj, "v_proj": attn.v_proj, "mlp": layer.mlp, "rotary": rotary})
+        frozen.requires_grad_(False)
+        self.__dict__["frozen"] = frozen   # not a submodule: never optimised, never saved
+        self.head_dim, self.scaling = attn.head_dim, attn.scaling
         hidden = config.hidden_size
         self.query = nn.Parameter(torch.empty(num_tokens, hidden))
         nn.init.kaiming_uniform_(self.query, a=math.sqrt(5))
@@ -109,11 +121,10 @@ class LLMPromptGenerator(nn.Module):
         self.biases = nn.ParameterList(nn.Parameter(torch.empty(num_tokens, text_width)) for _ in range(depth))
         for bias in self.biases:
             nn.init.kaiming_uniform_(bias, a=math.sqrt(5))
-        attn = layer.self_attn
-        for frozen in (attn.k_proj, attn.v_proj, layer.mlp):
-            frozen.requires_grad_(False)
-        for p in self.rotary.parameters():
-            p.requires_grad_(False)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> LLMPromptGenerator:
+        self.frozen._apply(fn, recurse)   # .to(device) moves the frozen parts too
+        return super()._apply(fn, recurse)
 
     @property
     def num_tokens(self) -> int:
@@ -125,17 +136,16 @@ class LLMPromptGenerator(nn.Module):
         attend to its real tokens and causally to each other."""
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-        layer, attn = self.layer, self.layer.self_attn
+        frozen = self.frozen
         c, n = keys.shape[0], self.num_tokens
         x = self.query.unsqueeze(0).expand(c, -1, -1)
         full = torch.cat([mask.to(x.device), torch.ones(c, n, dtype=mask.dtype, device=x.device)], dim=1)
         positions = (full.cumsum(-1) - 1).clamp(min=0)[:, -n:]
-        h = layer.input_layernorm(x)
-        q = attn.q_proj(h).view(c, n, -1, attn.head_dim).transpose(1, 2)
-        k = attn.k_proj(h).view(c, n, -1, attn.head_dim).transpose(1, 2)
-        v = attn.v_proj(h).view(c, n, -1, attn.head_dim).transpose(1, 2)
-        cos, sin = self.rotary(h, positions)
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        h = self.input_layernorm(x)
+        q = self.q_proj(h).view(c, n, -1, self.head_dim).transpose(1, 2)
+        k, v = _keys_values(h, frozen["k_proj"], frozen["v_proj"], self.head_dim, frozen["rotary"], positions)
+        cos, sin = frozen["rotary"](h, positions)
+        q, _ = apply_rotary_pos_emb(q, q, cos, sin)
         k = torch.cat([keys.to(device=x.device, dtype=k.dtype), k], dim=2)
         v = torch.cat([values.to(device=x.device, dtype=v.dtype), v], dim=2)
         groups = q.shape[1] // k.shape[1]
@@ -143,9 +153,9 @@ class LLMPromptGenerator(nn.Module):
         cached = mask.to(device=x.device, dtype=torch.bool)[:, None, None, :].expand(c, 1, n, -1)
         causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril().expand(c, 1, n, n)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=torch.cat([cached, causal], dim=-1),
-                                             scale=attn.scaling)
-        x = x + attn.o_proj(out.transpose(1, 2).reshape(c, n, -1))
-        x = x + layer.mlp(layer.post_attention_layernorm(x))
+                                             scale=self.scaling)
+        x = x + self.o_proj(out.transpose(1, 2).reshape(c, n, -1))
+        x = x + frozen["mlp"](self.post_attention_layernorm(x))
         return self.norm(x)
 
     def forward(self, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:

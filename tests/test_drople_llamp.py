@@ -1,0 +1,222 @@
+"""drople_llamp and the [llm] extra (docs/methods.md §5.2): parameter count formula, LR schedule, LoRA at init,
+exempt tokens under IWTD, the knowledge cache, the CLI without the extra and a two-step run on the toy suite."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CLASSES = ["cat", "dog", "red fire truck"]
+DATASET = "oxford_pets"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# without the extra (runs everywhere)
+# ---------------------------------------------------------------------------------------------------------------
+def _without_transformers(code: str) -> subprocess.CompletedProcess:
+    prelude = "import sys; sys.modules['transformers'] = None\n"
+    return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, cwd=REPO,
+                          timeout=300)
+
+
+def test_without_the_extra_ls_lists_it_and_selecting_it_is_one_line(tmp_path):
+    listed = _without_transformers("from dplbench.cli import main; sys.exit(main(['ls', 'methods']))")
+    assert listed.returncode == 0
+    line = next(x for x in listed.stdout.splitlines() if x.startswith("drople_llamp"))
+    assert 'pip install "dplbench[llm]"' in line
+    run = _without_transformers("from dplbench.cli import main; sys.exit(main(['run', 'methods=[drople_llamp]', "
+                                f"'run.output_dir={tmp_path}', 'ray.enabled=false', 'tracking.enabled=false']))")
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.count("\n") == 1 and 'pip install "dplbench[llm]"' in run.stderr, run.stderr
+
+
+def test_missing_llm_path_is_one_line(capsys):
+    from dplbench.cli import main
+
+    assert main(["build-knowledge", "dataset=toy_shapes"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "llm.path" in err
+
+
+def test_llamp_lr_multipliers_match_the_spec_tables():
+    from dplbench.engine.schedule import llamp_lr_multiplier
+
+    table_20 = [1.0, 0.994, 0.976, 0.946, 0.905, 0.854, 0.794, 0.727, 0.655, 0.578, 0.5, 0.422, 0.345, 0.273,
+                0.206, 0.146, 0.095, 0.054, 0.05, 0.05]
+    steps = 50
+    got = [round(llamp_lr_multiplier(0.05, e, steps - 1, steps, 20), 3) for e in range(20)]
+    assert got == table_20
+    assert [round(llamp_lr_multiplier(0.05, e, 0, 1, 5), 3) for e in range(5)] == [1.0, 0.994, 0.976, 0.946, 0.905]
+    assert llamp_lr_multiplier(0.05, 0, 4, 50, 20) == 0.05 and llamp_lr_multiplier(0.05, 0, 5, 50, 20) == 1.0
+    assert llamp_lr_multiplier(0.25, 19, 0, 50, 20) == 0.25   # the LoRA group's floor
+
+
+def llamp_parameter_count(*, d_t: int, d_v: int, embed: int, hidden: int, q_out: int, n_ctx: int = 4,
+                          n_vis: int = 4, n_llm: int = 24, text_depth: int = 9, vision_depth: int = 6,
+                          lora_layers: int = 6, rank: int = 8, mag_tokens: int = 64) -> int:
+    """The trainable-parameter formula of docs/methods.md §5.2 ("Trainable parameters")."""
+    return (vision_depth * n_vis * d_v + text_depth * n_ctx * d_t + n_llm * hidden
+            + 2 * hidden * q_out + 3 * hidden + text_depth * hidden * d_t + text_depth * n_llm * d_t + 1
+            + mag_tokens * embed + (d_v + 1) * embed + (d_t + 1) * embed + lora_layers * 2 * 2 * rank * d_v)
+
+
+def test_the_formula_gives_the_spec_total_at_full_size():
+    assert llamp_parameter_count(d_t=512, d_v=768, embed=512, hidden=4096, q_out=4096) == 53_523_457
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# with the extra
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def llm_context(tmp_path_factory):
+    pytest.importorskip("transformers")
+    from llm_fixtures import tiny_llm_knowledge
+
+    return tiny_llm_knowledge(tmp_path_factory.mktemp("llm"), DATASET, CLASSES)
+
+
+def _method(backbone, context, **options):
+    import torch
+
+    from dplbench.catalog import METHODS
+    from dplbench.engine.method import MethodContext
+    from dplbench.engine.recipes import build_options
+
+    cls = METHODS.get("drople_llamp")
+    torch.manual_seed(0)
+    return cls(backbone, list(CLASSES), DATASET, build_options(cls.Options, options, "drople_llamp"),
+               MethodContext(**context))
+
+
+@pytest.mark.llm
+def test_parameter_count_follows_the_formula(tiny_backbone, llm_context):
+    b = tiny_backbone
+    method = _method(b, llm_context, vision_depth=1)
+    import json
+
+    cfg = json.loads((Path(llm_context["llm_path"]) / "config.json").read_text())
+    expected = llamp_parameter_count(d_t=b.text_width, d_v=b.vision_width, embed=b.embed_dim,
+                                     hidden=cfg["hidden_size"], q_out=cfg["hidden_size"],
+                                     text_depth=min(9, b.text_layers), vision_depth=1,
+                                     lora_layers=b.vision_layers - 1)
+    assert method.num_trainable() == expected
+    assert set(method.learned_state()) == {k for k, p in method.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.llm
+def test_optimizer_groups_and_floors(tiny_backbone, llm_context):
+    from dplbench.engine.trainer import TrainSettings
+
+    method = _method(tiny_backbone, llm_context, vision_depth=1)
+    opt = method.build_optimizer(TrainSettings(epochs=20, lr=2e-4, batch_size=4))
+    assert type(opt).__name__ == "AdamW" and [g["lr"] for g in opt.param_groups] == [2e-4, 2e-5]
+    assert [round(g["floor"], 6) for g in opt.param_groups] == [0.05, 0.25]
+    lora = {id(p) for p in method.lora.parameters()}
+    assert {id(p) for p in opt.param_groups[1]["params"]} == lora and opt.param_groups[0]["weight_decay"] == 5e-5
+
+
+@pytest.mark.llm
+def test_lora_starts_as_the_frozen_tower(tiny_backbone, llm_context):
+    import torch
+
+    method = _method(tiny_backbone, llm_context, vision_depth=1)
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    method.train()  # LoRA dropout active: B = 0 still gives a zero delta
+    frozen = tiny_backbone.encode_image(images).features
+    adapted = tiny_backbone.encode_image(images, qkv_delta=method.lora.deltas()).features
+    assert torch.equal(frozen, adapted)
+    with torch.no_grad():
+        method.lora.adapters[0].b_q.fill_(0.1)
+    moved = tiny_backbone.encode_image(images, qkv_delta=method.lora.deltas()).features
+    assert not torch.allclose(frozen, moved)
+
+
+@pytest.mark.llm
+def test_iwtd_never_touches_exempt_text_tokens(tiny_backbone, llm_context):
+    import torch
+
+    from dplbench.dropout.hook import BranchDropoutHook, IWTDSettings
+
+    method = _method(tiny_backbone, llm_context)
+    layout = method.text_token_layout()
+    c, length = layout.content.shape
+    start, end = method._llm_slots
+    expected = torch.zeros(length, dtype=torch.bool)
+    expected[:5] = True
+    expected[start:end] = True
+    assert torch.equal(layout.eligible.cpu(), expected.expand(c, -1))   # SOS, 4 ctx, 24 LLM tokens only
+    settings = IWTDSettings(p_max=1.0, p_min=1.0, sigma=0.5)
+    hook = BranchDropoutHook("text", layout, settings, iwtd_layers=[0], mag=method.mag)
+    hidden = torch.randn(c, length, tiny_backbone.text_width)
+    attn = torch.softmax(torch.randn(c, 4, length, length), dim=-1)
+    out = hook(0, hidden, attn)
+    changed = (out != hidden).any(dim=-1)
+    assert not changed[~layout.eligible].any() and changed[layout.eligible].all()
+
+
+@pytest.mark.llm
+def test_knowledge_cache_round_trips_and_resumes(tmp_path, llm_context):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dplbench.llm.knowledge import build_knowledge, class_file, last_layer_kv, load_knowledge, read_manifest
+    from dplbench.workspace import knowledge_cache
+
+    llm = llm_context["llm_path"]
+    folder = knowledge_cache(llm_context["knowledge_dir"], DATASET, next(
+        p.name for p in (llm_context["knowledge_dir"] / DATASET).iterdir()))
+    manifest = read_manifest(folder)
+    assert len(manifest["questions"]) == 11 and manifest["noun_phrases"] == "rules"
+    assert manifest["llm"]["model_type"] == "llama" and "transformers" in manifest["versions"]
+    again = build_knowledge(DATASET, CLASSES, llm, lambda _: folder, extractor="rules", max_new_tokens=2,
+                            log=lambda _: None)
+    assert (again.built, again.skipped) == (0, len(CLASSES))
+    knowledge = load_knowledge(folder, CLASSES[::-1])
+    stored = torch.load(class_file(folder, CLASSES[0]), weights_only=True)
+    assert knowledge.num_templates == 11
+    for t in (0, 10):
+        length = stored["keys"][t].shape[1]
+        assert int(knowledge.mask[t][-1].sum()) == length
+        assert torch.equal(knowledge.keys[t][-1, :, :length], stored["keys"][t])
+    # the stored keys/values are what transformers' own KV cache holds for the last layer
+    model = AutoModelForCausalLM.from_pretrained(llm, local_files_only=True).eval()
+    ids = AutoTokenizer.from_pretrained(llm, local_files_only=True)("a photo of a red circle")["input_ids"]
+    keys, values = last_layer_kv(model, ids)
+    with torch.no_grad():
+        cache = model(input_ids=torch.tensor([ids]), use_cache=True).past_key_values
+    layer = cache.layers[-1]
+    torch.testing.assert_close(keys, layer.keys[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(values, layer.values[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.llm
+def test_two_step_run_on_the_toy_suite(tmp_path):
+    pytest.importorskip("transformers")
+    import json
+
+    from llm_fixtures import save_tiny_llama
+
+    from dplbench.cli import main
+
+    llm = save_tiny_llama(tmp_path / "llm")
+    out = tmp_path / "out"
+    assert main(["build-knowledge", "dataset=toy_shapes", f"llm.path={llm}", f"run.output_dir={out}",
+                 "noun_phrases=rules", "max_new_tokens=2"]) == 0
+    assert main(["run", "methods=[drople_llamp]", "datasets=[toy_shapes]", "seeds=[1]", "shots=[1]",
+                 "train.epochs=1", "train.batch_size=2", "method.vision_depth=2", f"llm.path={llm}",
+                 f"run.output_dir={out}", "ray.enabled=false", "tracking.enabled=false", "run.device=cpu"]) == 0
+    result = json.loads(next((out / "runs").rglob("*.json")).read_text())
+    assert result["status"] == "done", result.get("error")
+    history = result["history"]
+    assert history[0]["steps"] == 2 and math.isfinite(history[0]["loss"])   # 4 base classes x 1 shot, batch 2
+    assert 0.0 <= result["metrics"]["hm"] <= 100.0
+    faith = result["faithfulness"]
+    method = faith["method"]
+    assert method["llm"]["model_type"] == "llama" and method["quirks"]["teacher_image"] == "lora_train"
+    assert faith["schedule"]["optimizer"] == "adamw" and faith["schedule"]["floors"] == pytest.approx([0.05, 0.25])
+    assert any("PatchRandAugment" in step for step in faith["transforms"]["train"])
