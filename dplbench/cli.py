@@ -90,7 +90,8 @@ DESCRIPTIONS = {
                        "keys: dataset=NAME or datasets=[..]  llm.path=/folder (a local Llama checkpoint; never "
                        "downloaded)\n  run.output_dir=results (the cache goes to <run.output_dir>/cache/knowledge/)  "
                        "data.root=/data  data.paths.<dataset>=/p\n  run.device=cpu|cuda  dtype=float32|bfloat16|"
-                       "float16  batch_size=16 (generation)  noun_phrases=auto|spacy|rules\n  max_new_tokens=128 (released value; smaller only for quick checks)\n\n"
+                       "float16  batch_size=16 (generation)  noun_phrases=auto|spacy|rules\n  "
+                       "max_new_tokens=128 (released value; smaller only for quick checks)\n\n"
                        "Needs the LLM extra: pip install \"dplbench[llm]\"",
     "ls": "List the registered methods, protocols, datasets, backbones or sweep definitions.\n\n"
           "  dplbench ls methods '*coop*'\n  dplbench ls methods coop --details   options, defaults, recipe per "
@@ -461,7 +462,8 @@ def cmd_build_knowledge(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"build-knowledge": cmd_build_knowledge, "run": cmd_run, "sweep": cmd_sweep, "table": cmd_table, "compare": cmd_compare, "plot": cmd_plot,
+COMMANDS = {"build-knowledge": cmd_build_knowledge, "run": cmd_run, "sweep": cmd_sweep, "table": cmd_table,
+            "compare": cmd_compare, "plot": cmd_plot,
             "ls": cmd_ls, "dry-run": cmd_dry_run, "validate": cmd_validate, "pretrain-toy": cmd_pretrain_toy}
 
 

@@ -220,3 +220,12 @@ def test_two_step_run_on_the_toy_suite(tmp_path):
     assert method["llm"]["model_type"] == "llama" and method["quirks"]["teacher_image"] == "lora_train"
     assert faith["schedule"]["optimizer"] == "adamw" and faith["schedule"]["floors"] == pytest.approx([0.05, 0.25])
     assert any("PatchRandAugment" in step for step in faith["transforms"]["train"])
+
+
+def test_published_drople_rows_attach_to_drople_llamp_only():
+    from dplbench.report.reference import load_reference
+
+    ref = load_reference()
+    assert ref.lookup("base2novel", "drople_llamp", "Average", "hm").value == pytest.approx(82.10)
+    assert ref.lookup("base2novel", "drople_llamp", "imagenet", "base").value == pytest.approx(78.24)
+    assert ref.lookup("base2novel", "drople", "Average", "hm") is None
