@@ -452,7 +452,7 @@ def cmd_build_knowledge(args: argparse.Namespace) -> int:
     names = settings.get("datasets") or ([settings["dataset"]] if settings.get("dataset") else [])
     if not names:
         raise DplbenchError("build-knowledge needs dataset=NAME (or datasets=[a,b])")
-    from dplbench.llm.knowledge import check_llm_path
+    from dplbench.llm import check_llm_path
 
     check_llm_path(settings.get("llm.path"))
     require_llm_extra("build-knowledge")

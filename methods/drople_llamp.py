@@ -125,7 +125,7 @@ class DropleLlamp(PromptMethod):
 
     def __init__(self, *args: Any, **kwargs: Any):
         from dplbench.llm.decoder import LLMPromptGenerator, load_last_layer
-        from dplbench.llm.knowledge import check_llm_path, llm_identity
+        from dplbench.llm import check_llm_path, llm_identity
         from dplbench.llm.lora import VisionLoRA
 
         super().__init__(*args, **kwargs)

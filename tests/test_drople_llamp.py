@@ -229,3 +229,15 @@ def test_published_drople_rows_attach_to_drople_llamp_only():
     assert ref.lookup("base2novel", "drople_llamp", "Average", "hm").value == pytest.approx(82.10)
     assert ref.lookup("base2novel", "drople_llamp", "imagenet", "base").value == pytest.approx(78.24)
     assert ref.lookup("base2novel", "drople", "Average", "hm") is None
+
+
+@pytest.mark.llm
+def test_run_without_llm_path_stops_before_any_unit(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    from dplbench.cli import main
+
+    assert main(["run", "methods=[drople_llamp]", "datasets=[toy_shapes]", "seeds=[1]", f"run.output_dir={tmp_path}",
+                 "ray.enabled=false", "tracking.enabled=false"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "llm.path" in err
+    assert not (tmp_path / "runs").exists()

@@ -27,39 +27,14 @@ from typing import Any
 
 import torch
 
-from dplbench.errors import ConfigError, WeightsNotFoundError
+from dplbench.errors import ConfigError
 from dplbench.fileio import atomic_torch_save, atomic_write_text
+from dplbench.llm import llm_identity
 from dplbench.llm import templates as T
 
 FORMAT = "dplbench-llm-knowledge/1"
 MANIFEST = "manifest.json"
 NOUN_PHRASE_MAX_TOKENS = 128
-
-
-def check_llm_path(path: str | Path | None) -> Path:
-    """The LLM folder, or one readable line saying what is missing (weights are never downloaded)."""
-    if not path:
-        raise WeightsNotFoundError("this needs a local LLM checkpoint: set llm.path=/folder/with/config.json "
-                                   "(e.g. Meta-Llama-3-8B-Instruct; dplbench never downloads weights)")
-    folder = Path(path).expanduser()
-    if not (folder / "config.json").is_file():
-        raise WeightsNotFoundError(f"llm.path={path}: no config.json there (expected a transformers checkpoint "
-                                   "folder, e.g. Meta-Llama-3-8B-Instruct; dplbench never downloads weights)")
-    return folder
-
-
-def llm_identity(path: str | Path) -> dict[str, Any]:
-    """What identifies the LLM: a digest of its config.json and of its files' names and sizes."""
-    folder = check_llm_path(path)
-    config = (folder / "config.json").read_bytes()
-    digest = hashlib.sha256(config)
-    for entry in sorted(folder.iterdir()):
-        if entry.is_file():
-            digest.update(f"{entry.name}:{entry.stat().st_size};".encode())
-    settings = json.loads(config)
-    return {"id": digest.hexdigest()[:16], "name_or_path": settings.get("_name_or_path") or folder.name,
-            "model_type": settings.get("model_type"), "hidden_size": settings.get("hidden_size"),
-            "num_hidden_layers": settings.get("num_hidden_layers"), "path": str(folder.resolve())}
 
 
 def class_file(folder: Path, classname: str) -> Path:
