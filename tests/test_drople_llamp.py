@@ -241,3 +241,54 @@ def test_run_without_llm_path_stops_before_any_unit(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "llm.path" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_rule_noun_phrases_split_at_function_words_and_punctuation():
+    from dplbench.llm.noun_phrases import noun_phrase_extractor, rule_noun_phrases
+
+    assert rule_noun_phrases("a sleek body with long wings, and a pointed nose.") == \
+        ["a sleek body", "long wings", "a pointed nose"]
+    assert rule_noun_phrases("It appears as the red circle") == ["It", "the red circle"]
+    assert noun_phrase_extractor("rules")[0] == "rules"
+
+
+def test_two_views_are_the_patch_augmented_and_the_clean_image():
+    import random
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from dplbench.data.patch_augment import PatchRandAugment, two_view_transform
+    from dplbench.data.transforms import build_transform
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8))
+    transform, described = two_view_transform(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    random.seed(1)
+    views = transform(image)
+    assert views.shape == (2, 3, 32, 32)
+    assert torch.equal(views[1], build_transform(False, 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))(image))
+    assert not torch.equal(views[0], views[1]) and any("PatchRandAugment" in d for d in described)
+    # each 16x16 tile is augmented on its own: a uniform tile stays uniform next to a textured one
+    square = np.asarray(image.crop((0, 0, 32, 32))).copy()
+    square[:16, :16] = 90
+    out = np.asarray(PatchRandAugment(patch=16, n=2, magnitude=7, rng=random.Random(3))(Image.fromarray(square)))
+    assert len(np.unique(out[:16, :16].reshape(-1, 3), axis=0)) == 1
+    assert PatchRandAugment().factor == pytest.approx(1.36)
+
+
+@pytest.mark.llm
+def test_released_text_mask_hides_the_first_llm_slot_of_the_longest_names(tiny_backbone, llm_context):
+    released = _method(tiny_backbone, llm_context)
+    clean = _method(tiny_backbone, llm_context, text_mask="clean")
+    slot = released._llm_slots[0]
+    lengths = [len(c.split()) for c in CLASSES]
+    longest = lengths.index(max(lengths))
+    assert not released._key_mask[longest, slot] and all(released._key_mask[i, slot] for i in range(len(CLASSES))
+                                                          if i != longest)
+    assert clean._key_mask[:, slot].all()
+    eot = tiny_backbone.tokenize([f"a photo of a {c}" for c in CLASSES]).argmax(-1).tolist()
+    for i, end in enumerate(eot):   # SOS, ctx and the name are visible; the old EOS and the pads after it are not
+        assert released._key_mask[i, :end].all() and not released._key_mask[i, end:slot].any()
+    assert released._key_mask[:, slot + 1:].all()   # the other LLM slots and the final EOS
