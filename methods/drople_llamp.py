@@ -9,35 +9,35 @@ Training adds DroPLe's IWTD (vision 0..5, text 0..8), MAG (layers 0..5), residua
 ``L = CE + 25·L1_t + 10·L1_v + 2.5·KD − 0.05·(H_t + H_v) + 30·L_MAG``; AdamW in two groups with the released
 LambdaLR; the learned branch sees a patch-wise RandAugment view, the teacher the clean view. Inference averages
 the per-template softmax over the 11 knowledge templates. Released-code quirks are options, faithful by default.
+
+The module imports without the extra (its options and recipes are listed and validated); building the method
+needs it, and ``dplbench run`` checks it, and ``llm.path``, before anything starts.
 """
 
 from __future__ import annotations
 
-from dplbench.llm import require_llm_extra
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
-require_llm_extra("method 'drople_llamp'")
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-import math  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from typing import Any, Optional  # noqa: E402
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
-
-from dplbench.dropout.entropy import residual_entropies, residual_lambda  # noqa: E402
-from dplbench.dropout.hook import BranchDropoutHook, IWTDSettings  # noqa: E402
-from dplbench.dropout.importance import text_layout, vision_layout  # noqa: E402
-from dplbench.dropout.mag import MultimodalAlignmentGuidance, mag_loss  # noqa: E402
-from dplbench.dropout.options import (BRANCHES, ConsistencyOptions, IWTDOptions, MAGOptions, ResOptions,  # noqa: E402
+from dplbench.dropout.entropy import residual_entropies, residual_lambda
+from dplbench.dropout.hook import BranchDropoutHook, IWTDSettings
+from dplbench.dropout.importance import text_layout, vision_layout
+from dplbench.dropout.mag import MultimodalAlignmentGuidance, mag_loss
+from dplbench.dropout.options import (BRANCHES, ConsistencyOptions, IWTDOptions, MAGOptions, ResOptions,
                                       check_choice, nested_options)
-from dplbench.dropout.perturb import MODES  # noqa: E402
-from dplbench.engine.method import TRAINABLE, PromptMethod, StepState, register_method  # noqa: E402
-from dplbench.engine.prompts import clamp_depth  # noqa: E402
-from dplbench.engine.recipes import Recipe  # noqa: E402
-from dplbench.engine.schedule import llamp_lr_multiplier  # noqa: E402
-from dplbench.engine.teachers import kl_to_frozen, l1_consistency  # noqa: E402
-from dplbench.errors import ConfigError  # noqa: E402
+from dplbench.dropout.perturb import MODES
+from dplbench.engine.method import TRAINABLE, PromptMethod, StepState, register_method
+from dplbench.engine.prompts import clamp_depth
+from dplbench.engine.recipes import Recipe
+from dplbench.engine.schedule import llamp_lr_multiplier
+from dplbench.engine.teachers import kl_to_frozen, l1_consistency
+from dplbench.errors import ConfigError
+from dplbench.llm import require_llm_extra
 
 LR = 2e-4
 LORA_LR = 2e-5
@@ -124,6 +124,7 @@ class DropleLlamp(PromptMethod):
     capabilities = frozenset({TRAINABLE})
 
     def __init__(self, *args: Any, **kwargs: Any):
+        require_llm_extra("method 'drople_llamp'")  # the module itself imports without it (options, recipes)
         from dplbench.llm.decoder import LLMPromptGenerator, load_last_layer
         from dplbench.llm import check_llm_path, llm_identity
         from dplbench.llm.lora import VisionLoRA

@@ -33,6 +33,10 @@ def test_without_the_extra_ls_lists_it_and_selecting_it_is_one_line(tmp_path):
                                 f"'run.output_dir={tmp_path}', 'ray.enabled=false', 'tracking.enabled=false']))")
     assert run.returncode == 2, run.stderr
     assert run.stderr.count("\n") == 1 and 'pip install "dplbench[llm]"' in run.stderr, run.stderr
+    assert not (tmp_path / "runs").exists()
+    details = _without_transformers("from dplbench.cli import main; sys.exit(main(['ls', 'methods', 'drople_llamp', "
+                                    "'--details']))")
+    assert details.returncode == 0 and "lora_rank" in details.stdout   # options and recipes need no extra
 
 
 def test_missing_llm_path_is_one_line(capsys):
