@@ -148,6 +148,7 @@ class LLMPromptGenerator(nn.Module):
         q, _ = apply_rotary_pos_emb(q, q, cos, sin)
         k = torch.cat([keys.to(device=x.device, dtype=k.dtype), k], dim=2)
         v = torch.cat([values.to(device=x.device, dtype=v.dtype), v], dim=2)
+        q, k = q.to(v.dtype), k.to(v.dtype)   # RoPE's fp32 cos/sin promote q and k under autocast
         groups = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
         cached = mask.to(device=x.device, dtype=torch.bool)[:, None, None, :].expand(c, 1, n, -1)
