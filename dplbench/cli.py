@@ -21,8 +21,8 @@ from dplbench.workspace import Workspace
 LS_KINDS = ("methods", "protocols", "datasets", "backbones", "sweeps")
 LS_SETTINGS = {"methods": (), "protocols": (), "datasets": ("data.root",), "backbones": (), "sweeps": ()}
 VALIDATE_SETTINGS = ("suite", "protocol", "datasets", "dataset", "data.root")
-KNOWLEDGE_SETTINGS = ("dataset", "datasets", "llm.path", "run.output_dir", "data.root", "run.device", "noun_phrases",
-                      "batch_size", "dtype", "max_new_tokens")
+KNOWLEDGE_SETTINGS = ("dataset", "datasets", "llm.path", "llm.questions", "run.output_dir", "data.root",
+                      "run.device", "noun_phrases", "batch_size", "dtype", "max_new_tokens")
 
 EPILOG = """examples:
   dplbench run protocol=base2novel                      # built-in toy benchmark, tiny CLIP, no downloads
@@ -91,7 +91,9 @@ DESCRIPTIONS = {
                        "downloaded)\n  run.output_dir=results (the cache goes to <run.output_dir>/cache/knowledge/)  "
                        "data.root=/data  data.paths.<dataset>=/p\n  run.device=cpu|cuda  dtype=float32|bfloat16|"
                        "float16  batch_size=16 (generation)  noun_phrases=auto|spacy|rules\n  "
-                       "max_new_tokens=128 (released value; smaller only for quick checks)\n\n"
+                       "max_new_tokens=128 (released value; smaller only for quick checks)\n  "
+                       "llm.questions=FILE.json|yaml (dataset -> 11 questions with one {}; default: dplbench's "
+                       "own questions, not the released ones; pass the same file to dplbench run)\n\n"
                        "Needs the LLM extra: pip install \"dplbench[llm]\"",
     "ls": "List the registered methods, protocols, datasets, backbones or sweep definitions.\n\n"
           "  dplbench ls methods '*coop*'\n  dplbench ls methods coop --details   options, defaults, recipe per "

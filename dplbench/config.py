@@ -83,7 +83,8 @@ class ReportConfig:
 
 @dataclass
 class LLMConfig:
-    path: Optional[str] = None            # local folder of the LLM checkpoint (methods built on an LLM; never downloaded)
+    path: Optional[str] = None            # local LLM checkpoint folder (methods built on an LLM; never downloaded)
+    questions: Optional[str] = None       # JSON/YAML file: dataset -> 11 knowledge questions (None = dplbench's own)
 
 
 @dataclass
@@ -263,7 +264,7 @@ def check_config_ranges(cfg: DictConfig, explicit: set[str]) -> None:
 def absolutize_paths(cfg: DictConfig) -> None:
     """Make every path absolute now: Ray trials run in another working directory."""
     for section, key in (("run", "output_dir"), ("data", "root"), ("backbone", "checkpoint"),
-                         ("backbone", "cache_dir"), ("llm", "path")):
+                         ("backbone", "cache_dir"), ("llm", "path"), ("llm", "questions")):
         value = cfg[section][key]
         if value:
             cfg[section][key] = str(Path(value).expanduser().absolute())

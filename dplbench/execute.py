@@ -122,7 +122,7 @@ class _UnitRun:
         context = MethodContext(recipe=self.unit.recipe, num_epochs=self.recipe.epochs,
                                 cache_dir=self.workspace.cache,
                                 shots=self.unit.shots, llm_path=self.runtime.llm_path,
-                                knowledge_dir=self.workspace.knowledge)
+                                knowledge_dir=self.workspace.knowledge, llm_questions=self.runtime.llm_questions)
         method = self.method_cls(self.backbone, list(classnames), dataset, self.recipe.options, context)
         self.method = method
         self.extra["num_trainable_params"] = method.num_trainable()

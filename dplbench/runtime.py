@@ -32,8 +32,9 @@ class Runtime:
     data_paths: Mapping[str, str] = _key("data.paths")  # dataset name -> its folder
     num_workers: int = _key("data.num_workers")
     weights_cache_dir: str | None = _key("backbone.cache_dir")
-    command: tuple[str, ...] = _key("run.command")
-    llm_path: str | None = _key("llm.path")  # the LLM checkpoint folder of LLM-based methods (never downloaded)  # the user's command line (a Ray worker's argv is Ray's)
+    command: tuple[str, ...] = _key("run.command")  # the user's command line (a Ray worker's argv is Ray's)
+    llm_path: str | None = _key("llm.path")  # the LLM checkpoint folder of LLM-based methods (never downloaded)
+    llm_questions: str | None = _key("llm.questions")  # a question file of the knowledge cache (None = dplbench's)
 
     @classmethod
     def from_config(cls, cfg: Config | None = None, **changes: Any) -> Runtime:

@@ -63,11 +63,9 @@ class Workspace:
 
     @property
     def knowledge(self) -> Path:
-        """Offline LLM knowledge caches (``dplbench build-knowledge``), one folder per dataset and LLM."""
+        """Offline LLM knowledge caches (``dplbench build-knowledge``), one folder per dataset, LLM and question
+        set."""
         return self.cache / "knowledge"
-
-    def knowledge_cache(self, dataset: str, llm_id: str) -> Path:
-        return knowledge_cache(self.knowledge, dataset, llm_id)
 
     @property
     def checkpoints(self) -> Path:
@@ -145,6 +143,6 @@ class Workspace:
         return self.sessions / f"{pid}-{start if start is not None else 0}.json"
 
 
-def knowledge_cache(knowledge_root: str | Path, dataset: str, llm_id: str) -> Path:
-    """The knowledge cache of one dataset and LLM under a workspace's ``knowledge`` folder."""
-    return Path(knowledge_root) / dataset / llm_id
+def knowledge_cache(knowledge_root: str | Path, dataset: str, llm_id: str, questions_key: str) -> Path:
+    """The knowledge cache of one dataset, LLM and question set under a workspace's ``knowledge`` folder."""
+    return Path(knowledge_root) / dataset / llm_id / questions_key

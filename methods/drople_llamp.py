@@ -125,8 +125,8 @@ class DropleLlamp(PromptMethod):
 
     def __init__(self, *args: Any, **kwargs: Any):
         require_llm_extra("method 'drople_llamp'")  # the module itself imports without it (options, recipes)
-        from dplbench.llm.decoder import LLMPromptGenerator, load_last_layer
         from dplbench.llm import check_llm_path, llm_identity
+        from dplbench.llm.decoder import LLMPromptGenerator, load_last_layer
         from dplbench.llm.lora import VisionLoRA
 
         super().__init__(*args, **kwargs)
@@ -171,6 +171,7 @@ class DropleLlamp(PromptMethod):
     # -- class-dependent state --------------------------------------------------------------------------------
     def build_class_state(self) -> None:
         from dplbench.llm.knowledge import load_knowledge
+        from dplbench.llm.questions import question_set
         from dplbench.llm.templates import display_name
         from dplbench.workspace import knowledge_cache
 
@@ -179,7 +180,8 @@ class DropleLlamp(PromptMethod):
         b, o = self.backbone, self.options
         if self.context.knowledge_dir is None:
             raise ConfigError("drople_llamp needs the knowledge cache folder (MethodContext.knowledge_dir)")
-        folder = knowledge_cache(self.context.knowledge_dir, self.dataset_name, self.llm["id"])
+        questions = question_set(self.dataset_name, self.context.llm_questions)
+        folder = knowledge_cache(self.context.knowledge_dir, self.dataset_name, self.llm["id"], questions.key)
         knowledge = load_knowledge(folder, self.classnames)
         device = b.device
         self._keys = [k.to(device) for k in knowledge.keys]
@@ -386,8 +388,9 @@ class DropleLlamp(PromptMethod):
         o = self.options
         return {**super().faithfulness(),
                 "variant": "DroPLe on LLaMP (the released system)",
-                "llm": self.llm, "knowledge": {k: self.knowledge_manifest.get(k) for k in
-                                               ("noun_phrases", "versions", "questions")},
+                "llm": self.llm,
+                "knowledge": {k: self.knowledge_manifest.get(k)
+                              for k in ("noun_phrases", "versions", "questions", "questions_source")},
                 "depth_used": {"text": self.text_depth, "vision": self.vision_depth},
                 "lora_layers": self.lora.layers,
                 "loss": (f"ce + {o.consistency.text_l1}·L1(text) + {o.consistency.image_l1}·L1(image) + "

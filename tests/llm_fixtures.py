@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|eot|>{% endfor %}")
-WORDS = ("a an the of with in one sentence describe distinctive appearance photo type shape circle square triangle "
+WORDS = ("a an the of with in one sentence describe visual appearance photo type shape circle square triangle "
          "red green blue star cross ring appears as is and it has sharp round corners edges colour bright dark "
          "small large thin thick line lines pattern stripes dots").split()
 
@@ -37,13 +37,12 @@ def save_tiny_llama(folder: Path, *, hidden: int = 64, layers: int = 2, heads: i
 
 
 def tiny_llm_knowledge(root: Path, dataset: str, classnames: list[str]) -> dict:
-    """A tiny Llama under ``root/llm`` and its knowledge cache of ``classnames`` (2 new tokens per answer, the
-    rule-based noun phrases) under ``root/knowledge``: the context a ``drople_llamp`` instance needs."""
+    """A tiny Llama under ``root/llm`` and its knowledge cache of ``classnames`` (dplbench's own questions, 2 new
+    tokens per answer, the rule-based noun phrases) under ``root/knowledge``: the context a ``drople_llamp``
+    instance needs."""
     from dplbench.llm.knowledge import build_knowledge
-    from dplbench.workspace import knowledge_cache
 
     llm = save_tiny_llama(root / "llm")
     knowledge = root / "knowledge"
-    build_knowledge(dataset, classnames, llm, lambda llm_id: knowledge_cache(knowledge, dataset, llm_id),
-                    extractor="rules", max_new_tokens=2, log=lambda _: None)
+    build_knowledge(dataset, classnames, llm, knowledge, extractor="rules", max_new_tokens=2, log=lambda _: None)
     return {"llm_path": str(llm), "knowledge_dir": knowledge}

@@ -168,18 +168,21 @@ def test_knowledge_cache_round_trips_and_resumes(tmp_path, llm_context):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from dplbench.llm import llm_identity
     from dplbench.llm.knowledge import build_knowledge, class_file, last_layer_kv, load_knowledge, read_manifest
+    from dplbench.llm.questions import question_set
     from dplbench.workspace import knowledge_cache
 
     llm = llm_context["llm_path"]
-    folder = knowledge_cache(llm_context["knowledge_dir"], DATASET, next(
-        p.name for p in (llm_context["knowledge_dir"] / DATASET).iterdir()))
+    own = question_set(DATASET)
+    folder = knowledge_cache(llm_context["knowledge_dir"], DATASET, llm_identity(llm)["id"], own.key)
     manifest = read_manifest(folder)
-    assert len(manifest["questions"]) == 11 and manifest["noun_phrases"] == "rules"
+    assert manifest["questions"] == list(own.questions) and manifest["noun_phrases"] == "rules"
+    assert manifest["questions_source"] == {"source": "dplbench", "file": None, "sha256": None, "key": own.key}
     assert manifest["llm"]["model_type"] == "llama" and "transformers" in manifest["versions"]
-    again = build_knowledge(DATASET, CLASSES, llm, lambda _: folder, extractor="rules", max_new_tokens=2,
-                            log=lambda _: None)
-    assert (again.built, again.skipped) == (0, len(CLASSES))
+    again = build_knowledge(DATASET, CLASSES, llm, llm_context["knowledge_dir"], extractor="rules",
+                            max_new_tokens=2, log=lambda _: None)
+    assert (again.folder, again.built, again.skipped) == (folder, 0, len(CLASSES))
     knowledge = load_knowledge(folder, CLASSES[::-1])
     stored = torch.load(class_file(folder, CLASSES[0]), weights_only=True)
     assert knowledge.num_templates == 11
@@ -201,6 +204,7 @@ def test_knowledge_cache_round_trips_and_resumes(tmp_path, llm_context):
 @pytest.mark.llm
 def test_two_step_run_on_the_toy_suite(tmp_path):
     pytest.importorskip("transformers")
+    import hashlib
     import json
 
     from llm_fixtures import save_tiny_llama
@@ -209,11 +213,13 @@ def test_two_step_run_on_the_toy_suite(tmp_path):
 
     llm = save_tiny_llama(tmp_path / "llm")
     out = tmp_path / "out"
+    questions = _question_file(tmp_path, "q.yaml", {"default": _eleven("shape")})   # llm.questions travels too
     assert main(["build-knowledge", "dataset=toy_shapes", f"llm.path={llm}", f"run.output_dir={out}",
-                 "noun_phrases=rules", "max_new_tokens=2"]) == 0
+                 "noun_phrases=rules", "max_new_tokens=2", f"llm.questions={questions}"]) == 0
     assert main(["run", "methods=[drople_llamp]", "datasets=[toy_shapes]", "seeds=[1]", "shots=[1]",
                  "train.epochs=1", "train.batch_size=2", "method.vision_depth=2", f"llm.path={llm}",
-                 f"run.output_dir={out}", "ray.enabled=false", "tracking.enabled=false", "run.device=cpu"]) == 0
+                 f"llm.questions={questions}", f"run.output_dir={out}", "ray.enabled=false",
+                 "tracking.enabled=false", "run.device=cpu"]) == 0
     result = json.loads(next((out / "runs").rglob("*.json")).read_text())
     assert result["status"] == "done", result.get("error")
     history = result["history"]
@@ -222,6 +228,8 @@ def test_two_step_run_on_the_toy_suite(tmp_path):
     faith = result["faithfulness"]
     method = faith["method"]
     assert method["llm"]["model_type"] == "llama" and method["quirks"]["teacher_image"] == "lora_train"
+    assert method["knowledge"]["questions"] == _eleven("shape")
+    assert method["knowledge"]["questions_source"]["sha256"] == hashlib.sha256(questions.read_bytes()).hexdigest()
     assert faith["schedule"]["optimizer"] == "adamw" and faith["schedule"]["floors"] == pytest.approx([0.05, 0.25])
     assert any("PatchRandAugment" in step for step in faith["transforms"]["train"])
 
@@ -296,3 +304,125 @@ def test_released_text_mask_hides_the_first_llm_slot_of_the_longest_names(tiny_b
     for i, end in enumerate(eot):   # SOS, ctx and the name are visible; the old EOS and the pads after it are not
         assert released._key_mask[i, :end].all() and not released._key_mask[i, end:slot].any()
     assert released._key_mask[:, slot + 1:].all()   # the other LLM slots and the final EOS
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# knowledge questions: dplbench's own, or a user's file (llm.questions=PATH)
+# ---------------------------------------------------------------------------------------------------------------
+def _question_file(folder: Path, name: str, table: dict) -> Path:
+    import json
+
+    import yaml
+
+    path = folder / name
+    path.write_text(json.dumps(table) if name.endswith(".json") else yaml.safe_dump(table), encoding="utf-8")
+    return path
+
+
+def _eleven(word: str) -> list[str]:
+    return [f"{word} number {i} about a {{}}." for i in range(11)]
+
+
+def test_own_questions_are_eleven_per_dataset_built_from_its_zero_shot_template():
+    from dplbench.catalog import DATASETS
+    from dplbench.llm.templates import default_questions, subject_phrase, teacher_template
+
+    for name in DATASETS.list("*"):
+        template = DATASETS.get(name).template
+        questions = default_questions(name)
+        assert len(questions) == 11 and len(set(questions)) == 11, name
+        assert all(q.count("{}") == 1 and subject_phrase(template) in q for q in questions), name
+        assert teacher_template(name) == template
+    assert subject_phrase("a photo of a {}, a type of aircraft.") == "a {}, a type of aircraft"
+    assert default_questions("fgvc_aircraft")[0].format("Boeing 737") == \
+        "describe the visual appearance of a Boeing 737, a type of aircraft."
+    assert default_questions("dtd")[0].endswith("of {} texture.")
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_question_file_round_trips_with_its_sha256_and_its_own_cache_key(tmp_path, suffix):
+    import hashlib
+
+    from dplbench.llm.questions import question_set
+
+    path = _question_file(tmp_path, "q" + suffix, {"oxford_pets": _eleven("pets"), "default": _eleven("any")})
+    pets = question_set("oxford_pets", path)
+    assert pets.questions == tuple(_eleven("pets"))
+    assert pets.sha256 == hashlib.sha256(path.read_bytes()).hexdigest() and pets.file == str(path)
+    assert question_set("dtd", path).questions == tuple(_eleven("any"))     # the default entry
+    other = _question_file(tmp_path, "other" + suffix, {"oxford_pets": _eleven("other")})
+    keys = {pets.key, question_set("oxford_pets", other).key, question_set("oxford_pets").key}
+    assert len(keys) == 3 and pets.key.startswith("file-")
+    assert pets.record() == {"source": "file", "file": str(path), "sha256": pets.sha256, "key": pets.key}
+
+
+@pytest.mark.parametrize("content, problem", [
+    ({"oxford_pets": _eleven("x")[:10]}, "needs a list of 11 questions, got 10"),
+    ({"oxford_pets": "describe a {}."}, "needs a list of 11 questions, got str"),
+    ({"oxford_pets": [*_eleven("x")[:10], "no slot here."]}, "question 11 must hold exactly one"),
+    ({"oxford_pets": [*_eleven("x")[:10], "two {} and {}."]}, "question 11 must hold exactly one"),
+    ({"oxford_pets": [*_eleven("x")[:10], "a {name}."]}, "question 11 must hold exactly one"),
+    ({"oxford_pets": [*_eleven("x")[:10], "  "]}, "question 11 is not a non-empty string"),
+    ({"oxford_pet": _eleven("x")}, "'oxford_pet' is not a dataset name"),
+    (["describe a {}."], "expected a mapping"),
+    ("{not json", "not valid JSON"),
+    (None, "cannot read the questions file"),
+])
+def test_bad_question_files_are_one_line_errors_naming_the_file(tmp_path, content, problem):
+    import json
+
+    from dplbench.errors import ConfigError
+    from dplbench.llm.questions import question_set
+
+    path = tmp_path / "questions.json"
+    if content is not None:
+        path.write_text(content if isinstance(content, str) else json.dumps(content), encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        question_set("oxford_pets", path)
+    message = str(err.value)
+    assert "\n" not in message and str(path) in message and problem in message, message
+
+
+def test_a_question_file_without_the_dataset_is_one_line(tmp_path):
+    from dplbench.errors import ConfigError
+    from dplbench.llm.questions import question_set
+
+    path = _question_file(tmp_path, "q.yaml", {"dtd": _eleven("dtd")})
+    with pytest.raises(ConfigError, match="no questions for dataset 'oxford_pets'"):
+        question_set("oxford_pets", path)
+
+
+@pytest.mark.llm
+def test_a_question_file_builds_its_own_cache_recorded_in_the_manifest(tmp_path, llm_context):
+    pytest.importorskip("transformers")
+    import hashlib
+
+    from dplbench.llm.knowledge import build_knowledge, read_manifest
+    from dplbench.llm.questions import question_set
+
+    path = _question_file(tmp_path, "q.json", {DATASET: [f"describe the {i} shape of a {{}}." for i in range(11)]})
+    questions = question_set(DATASET, path)
+    report = build_knowledge(DATASET, CLASSES[:1], llm_context["llm_path"], llm_context["knowledge_dir"],
+                             questions=questions, extractor="rules", max_new_tokens=2, log=lambda _: None)
+    own = build_knowledge(DATASET, CLASSES[:1], llm_context["llm_path"], llm_context["knowledge_dir"],
+                          extractor="rules", max_new_tokens=2, log=lambda _: None)
+    assert report.built == 1 and own.built == 0 and report.folder != own.folder
+    assert report.folder.name == questions.key
+    manifest = read_manifest(report.folder)
+    assert manifest["questions"] == list(questions.questions)
+    assert manifest["questions_source"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert read_manifest(own.folder)["questions"] != manifest["questions"]
+
+
+@pytest.mark.llm
+def test_run_with_a_bad_question_file_stops_before_any_unit(tmp_path, capsys, llm_context):
+    pytest.importorskip("transformers")
+    from dplbench.cli import main
+
+    path = _question_file(tmp_path, "q.yaml", {"toy_shapes": ["describe a {}."]})
+    assert main(["run", "methods=[drople_llamp]", "datasets=[toy_shapes]", "seeds=[1]", f"run.output_dir={tmp_path}",
+                 f"llm.path={llm_context['llm_path']}", f"llm.questions={path}", "ray.enabled=false",
+                 "tracking.enabled=false"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(path) in err and "got 1" in err
+    assert not (tmp_path / "runs").exists()

@@ -58,6 +58,7 @@ class MethodContext:
     shots: int | None = None
     llm_path: str | None = None      # the LLM checkpoint folder (methods built on an LLM; a runtime setting)
     knowledge_dir: Path | None = None  # root of the offline LLM knowledge caches (dplbench build-knowledge)
+    llm_questions: str | None = None   # the question file of the knowledge cache (None = dplbench's own questions)
 
 
 @dataclass

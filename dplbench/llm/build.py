@@ -19,6 +19,7 @@ def build_datasets(names: Sequence[str], settings: Mapping[str, Any]) -> None:
     from dplbench.data import load_dataset
     from dplbench.data.paths import resolve_data_root
     from dplbench.llm.knowledge import build_knowledge
+    from dplbench.llm.questions import question_set
     from dplbench.workspace import Workspace
 
     dtype_name = str(settings.get("dtype", "float32"))
@@ -32,8 +33,8 @@ def build_datasets(names: Sequence[str], settings: Mapping[str, Any]) -> None:
     for name in names:
         name = DATASETS.canonical(name)
         splits = load_dataset(name, root, path=paths.get(name))
-        report = build_knowledge(name, splits.classnames, settings["llm.path"],
-                                 lambda llm_id, n=name: workspace.knowledge_cache(n, llm_id),
+        report = build_knowledge(name, splits.classnames, settings["llm.path"], workspace.knowledge,
+                                 questions=question_set(name, settings.get("llm.questions")),
                                  extractor=str(settings.get("noun_phrases", "auto")),
                                  batch_size=int(settings.get("batch_size", 16)), device=str(device),
                                  dtype=DTYPES[dtype_name],

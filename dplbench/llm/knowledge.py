@@ -1,7 +1,8 @@
 """The offline per-dataset LLM knowledge cache of ``drople_llamp`` (docs/methods.md §5.2; ``dplbench
 build-knowledge``).
 
-For every class and each of the dataset's 11 question templates:
+For every class and each of the dataset's 11 question templates (dplbench's own, or a ``llm.questions`` file:
+:mod:`dplbench.llm.questions`):
 
 1. the question (``"In one sentence, " + template``) goes into the LLM's chat template with the system prompt
    ``"You are a helpful assistant."`` (no generation prompt, as released), followed by ``" The {class} appears as"``;
@@ -11,9 +12,10 @@ For every class and each of the dataset's 11 question templates:
    them (after RoPE, as a KV cache holds them) are stored.
 
 One file per class (written atomically; a finished class is skipped on a rerun, so an interrupted build resumes),
-plus ``manifest.json`` (LLM identity, templates, extractor, versions). The sequences are stored unpadded; the
-attention mask of a template's batch is rebuilt from their lengths when loaded. The cache lives in the output
-folder: ``Workspace.knowledge_cache(dataset, llm_id)``.
+plus ``manifest.json`` (LLM identity, questions and their source, extractor, versions). The sequences are stored
+unpadded; the attention mask of a template's batch is rebuilt from their lengths when loaded. The cache lives in
+the output folder, one per dataset, LLM and question set: ``workspace.knowledge_cache(Workspace.knowledge,
+dataset, llm_id, key)``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from dplbench.errors import ConfigError
 from dplbench.fileio import atomic_torch_save, atomic_write_text
 from dplbench.llm import llm_identity
 from dplbench.llm import templates as T
+from dplbench.llm.questions import QuestionSet, question_set
+from dplbench.workspace import knowledge_cache
 
 FORMAT = "dplbench-llm-knowledge/1"
 MANIFEST = "manifest.json"
@@ -41,7 +45,7 @@ def class_file(folder: Path, classname: str) -> Path:
     return folder / "classes" / (hashlib.sha256(classname.encode()).hexdigest()[:20] + ".pt")
 
 
-def question_text(tokenizer: Any, dataset: str, template: str, classname: str) -> str:
+def question_text(tokenizer: Any, template: str, classname: str) -> str:
     """The full LLM input of one (class, template) before the answer (chat template + the answer's lead)."""
     name = T.display_name(classname)
     chat = [{"role": "system", "content": T.SYSTEM_PROMPT},
@@ -101,21 +105,24 @@ class BuildReport:
     skipped: int
 
 
-def build_knowledge(dataset: str, classnames: Sequence[str], llm_path: str | Path, folder_for: Callable[[str], Path],
-                    *, extractor: str = "auto", batch_size: int = 16, device: str = "cpu",
-                    dtype: torch.dtype | None = None, max_new_tokens: int = T.MAX_NEW_TOKENS,
+def build_knowledge(dataset: str, classnames: Sequence[str], llm_path: str | Path, knowledge_root: Path, *,
+                    questions: QuestionSet | None = None, extractor: str = "auto", batch_size: int = 16,
+                    device: str = "cpu", dtype: torch.dtype | None = None, max_new_tokens: int = T.MAX_NEW_TOKENS,
                     log: Callable[[str], None] = print) -> BuildReport:
-    """Build (or resume) the knowledge cache of ``classnames``; ``folder_for(llm_id)`` gives its folder."""
+    """Build (or resume) the knowledge cache of ``classnames`` under ``knowledge_root`` (a workspace's
+    ``knowledge`` folder); ``questions`` None = dplbench's own for ``dataset``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from dplbench.environment import package_versions
     from dplbench.llm.noun_phrases import noun_phrase_extractor
 
     identity = llm_identity(llm_path)
-    folder = folder_for(identity["id"])
+    question_source = questions or question_set(dataset)
+    folder = knowledge_cache(knowledge_root, dataset, identity["id"], question_source.key)
     extractor_name, extract = noun_phrase_extractor(extractor)
-    questions = T.questions(dataset)
-    manifest = {"format": FORMAT, "dataset": dataset, "llm": identity, "questions": questions,
+    questions_used = list(question_source.questions)
+    manifest = {"format": FORMAT, "dataset": dataset, "llm": identity, "questions": questions_used,
+                "questions_source": question_source.record(),
                 "system_prompt": T.SYSTEM_PROMPT, "question_prefix": T.QUESTION_PREFIX,
                 "answer_lead": T.ANSWER_LEAD, "max_new_tokens": max_new_tokens, "decoding": "greedy",
                 "noun_phrases": extractor_name, "layers_cached": "last decoder layer (keys after RoPE, values)"}
@@ -123,7 +130,7 @@ def build_knowledge(dataset: str, classnames: Sequence[str], llm_path: str | Pat
     if previous is not None and _recipe(previous) != _recipe(manifest):
         raise ConfigError(f"{folder} holds a knowledge cache built differently (LLM, questions or extractor); "
                           "remove it or use another run.output_dir")
-    todo = [c for c in classnames if not _finished(folder, c, len(questions))]
+    todo = [c for c in classnames if not _finished(folder, c, len(questions_used))]
     manifest["classes"] = sorted(set(classnames) | set((previous or {}).get("classes", [])))
     manifest["versions"] = package_versions(("torch", "transformers", "spacy"))
     if not todo:
@@ -133,9 +140,9 @@ def build_knowledge(dataset: str, classnames: Sequence[str], llm_path: str | Pat
     model = AutoModelForCausalLM.from_pretrained(str(llm_path), local_files_only=True,
                                                  dtype=dtype or torch.float32).to(device).eval()
     log(f"knowledge cache {folder}: {len(todo)} of {len(classnames)} classes to build "
-        f"({len(questions)} questions each, noun phrases: {extractor_name})")
+        f"({len(questions_used)} questions each, noun phrases: {extractor_name})")
     for n, classname in enumerate(todo, 1):
-        prompts = [tokenizer(question_text(tokenizer, dataset, q, classname))["input_ids"] for q in questions]
+        prompts = [tokenizer(question_text(tokenizer, q, classname))["input_ids"] for q in questions_used]
         answers = generate_answers(model, tokenizer, prompts, batch_size, max_new_tokens)
         phrases = [extract(a) for a in answers]
         keys, values = [], []
@@ -197,7 +204,7 @@ def load_knowledge(folder: Path, classnames: Sequence[str]) -> Knowledge:
     """Load the cache of ``classnames`` (one readable line when a class or the cache is missing)."""
     if not (folder / MANIFEST).is_file():
         raise ConfigError(f"no LLM knowledge cache at {folder}; build it first: dplbench build-knowledge "
-                          "dataset=<name> llm.path=<folder> (same run.output_dir)")
+                          "dataset=<name> llm.path=<folder> (same run.output_dir and llm.questions)")
     manifest = read_manifest(folder)
     entries = []
     for classname in classnames:

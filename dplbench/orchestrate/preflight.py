@@ -78,12 +78,15 @@ def check_before_start(cfg: Config) -> None:
 
 
 def check_llm_methods(cfg: Config) -> None:
-    """A method built on an LLM needs the ``[llm]`` extra and ``llm.path`` (one line each, before anything
-    starts)."""
+    """A method built on an LLM needs the ``[llm]`` extra, ``llm.path`` and, when set, a valid ``llm.questions``
+    file (one line each, before anything starts)."""
     from dplbench.catalog import METHODS
     from dplbench.llm import LLM_METHODS, check_llm_path, require_llm_extra
+    from dplbench.llm.questions import read_question_file
 
     selected = [m for m in cfg.methods if m in METHODS and METHODS.canonical(m) in LLM_METHODS]
     if selected:
         require_llm_extra(f"method {selected[0]!r}")
         check_llm_path(cfg.llm.path)
+        if cfg.llm.questions:
+            read_question_file(cfg.llm.questions)
