@@ -1,4 +1,5 @@
-"""The ``dplbench`` command line: run | sweep | table | compare | plot | dry-run | ls | validate | pretrain-toy.
+"""The ``dplbench`` command line: run | sweep | table | compare | plot | dry-run | ls | validate | pretrain-toy |
+build-knowledge.
 
 Every command takes ``key=value`` settings; ``run``, ``sweep``, ``table``, ``plot`` and ``dry-run`` also take
 ``--config FILE.yaml`` and ``--cfg`` (print what will really run and exit). User mistakes print one ``error:`` line
@@ -20,6 +21,8 @@ from dplbench.workspace import Workspace
 LS_KINDS = ("methods", "protocols", "datasets", "backbones", "sweeps")
 LS_SETTINGS = {"methods": (), "protocols": (), "datasets": ("data.root",), "backbones": (), "sweeps": ()}
 VALIDATE_SETTINGS = ("suite", "protocol", "datasets", "dataset", "data.root")
+KNOWLEDGE_SETTINGS = ("dataset", "datasets", "llm.path", "llm.questions", "run.output_dir", "data.root",
+                      "run.device", "noun_phrases", "batch_size", "dtype", "max_new_tokens")
 
 EPILOG = """examples:
   dplbench run protocol=base2novel                      # built-in toy benchmark, tiny CLIP, no downloads
@@ -87,6 +90,17 @@ DESCRIPTIONS = {
                 "with the path looked at and what was expected. Exits 1 when something is missing.\n\n"
                 "keys: suite=toy|standard (default standard) protocol=NAME (default: every protocol) "
                 "datasets=[..] data.root=/data data.paths.<dataset>=/p",
+    "build-knowledge": "Build the offline LLM knowledge cache of drople_llamp for datasets (every class, base and "
+                       "novel): 11 questions per class, greedy answers, noun phrases, then the last decoder layer's "
+                       "keys/values (docs/methods.md §5.2). Resumable: finished classes are skipped.\n\n"
+                       "keys: dataset=NAME or datasets=[..]  llm.path=/folder (a local Llama checkpoint; never "
+                       "downloaded)\n  run.output_dir=results (the cache goes to <run.output_dir>/cache/knowledge/)  "
+                       "data.root=/data  data.paths.<dataset>=/p\n  run.device=cpu|cuda  dtype=float32|bfloat16|"
+                       "float16  batch_size=16 (generation)  noun_phrases=auto|spacy|rules\n  "
+                       "max_new_tokens=128 (released value; smaller only for quick checks)\n  "
+                       "llm.questions=FILE.json|yaml (dataset -> 11 questions with one {}; default: dplbench's "
+                       "own questions, not the released ones; pass the same file to dplbench run)\n\n"
+                       "Needs the LLM extra: pip install \"dplbench[llm]\"",
     "ls": "List the registered methods, protocols, datasets, backbones or sweep definitions.\n\n"
           "  dplbench ls methods '*coop*'\n  dplbench ls methods coop --details   options, defaults, recipe per "
           "protocol family\n  dplbench ls datasets data.root=/data   which datasets are present",
@@ -143,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     validate = add("validate", "check the datasets on disk (folders, split files, image counts)")
     validate.add_argument("what", choices=("data",))
     validate.add_argument("overrides", nargs="*", metavar="key=value")
+
+    knowledge = add("build-knowledge", "build the offline LLM knowledge cache of drople_llamp (needs the llm extra)")
+    knowledge.add_argument("overrides", nargs="*", metavar="key=value")
 
     sub.add_parser("pretrain-toy", help="pretrain the built-in tiny CLIP (key=value, e.g. steps=200; --help)",
                    add_help=False)
@@ -442,7 +459,25 @@ def _print_index(cfg) -> None:
     print(f"index: {html} ({md.name} next to it)")
 
 
-COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "table": cmd_table, "compare": cmd_compare, "plot": cmd_plot,
+def cmd_build_knowledge(args: argparse.Namespace) -> int:
+    from dplbench.llm import require_llm_extra
+
+    settings = _settings("build-knowledge", list(args.overrides), KNOWLEDGE_SETTINGS, prefixes=("data.paths.",))
+    names = settings.get("datasets") or ([settings["dataset"]] if settings.get("dataset") else [])
+    if not names:
+        raise DplbenchError("build-knowledge needs dataset=NAME (or datasets=[a,b])")
+    from dplbench.llm import check_llm_path
+
+    check_llm_path(settings.get("llm.path"))
+    require_llm_extra("build-knowledge")
+    from dplbench.llm.build import build_datasets
+
+    build_datasets([str(n) for n in names], settings)
+    return 0
+
+
+COMMANDS = {"build-knowledge": cmd_build_knowledge, "run": cmd_run, "sweep": cmd_sweep, "table": cmd_table,
+            "compare": cmd_compare, "plot": cmd_plot,
             "ls": cmd_ls, "dry-run": cmd_dry_run, "validate": cmd_validate, "pretrain-toy": cmd_pretrain_toy}
 
 

@@ -85,6 +85,12 @@ class ReportConfig:
 
 
 @dataclass
+class LLMConfig:
+    path: Optional[str] = None            # local LLM checkpoint folder (methods built on an LLM; never downloaded)
+    questions: Optional[str] = None       # JSON/YAML file: dataset -> 11 knowledge questions (None = dplbench's own)
+
+
+@dataclass
 class Config:
     protocol: str = "base2novel"
     methods: list[str] = field(default_factory=list)     # empty = the protocol's default list
@@ -103,6 +109,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
 
 
 # shorthand key -> (real key, wrap the value in a list)
@@ -260,7 +267,7 @@ def check_config_ranges(cfg: DictConfig, explicit: set[str]) -> None:
 def absolutize_paths(cfg: DictConfig) -> None:
     """Make every path absolute now: Ray trials run in another working directory."""
     for section, key in (("run", "output_dir"), ("data", "root"), ("backbone", "checkpoint"),
-                         ("backbone", "cache_dir")):
+                         ("backbone", "cache_dir"), ("llm", "path"), ("llm", "questions")):
         value = cfg[section][key]
         if value:
             cfg[section][key] = str(Path(value).expanduser().absolute())

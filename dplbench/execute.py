@@ -122,7 +122,8 @@ class _UnitRun:
         seed_everything(self.train_seed)  # prompt initialisation
         context = MethodContext(recipe=self.unit.recipe, num_epochs=self.recipe.epochs,
                                 cache_dir=self.workspace.cache,
-                                shots=self.unit.shots)
+                                shots=self.unit.shots, llm_path=self.runtime.llm_path,
+                                knowledge_dir=self.workspace.knowledge, llm_questions=self.runtime.llm_questions)
         method = self.method_cls(self.backbone, list(classnames), dataset, self.recipe.options, context)
         self.method = method
         self.extra["num_trainable_params"] = method.num_trainable()
@@ -149,8 +150,11 @@ class _UnitRun:
         settings = TrainSettings(epochs=self.recipe.epochs, lr=self.recipe.lr, batch_size=self.recipe.batch_size,
                                  seed=self.train_seed, num_workers=self.runtime.num_workers,
                                  bank_views=bank.views, bank_seed=bank.seed)
+        transform, described = method.training_transform(self.train_transform, self.test_transform)
+        if described is not None:
+            self.transforms["train"] = described
         t0 = time.perf_counter()
-        self.history = train(method, splits, settings, transform=self.train_transform, on_epoch=self.on_epoch,
+        self.history = train(method, splits, settings, transform=transform, on_epoch=self.on_epoch,
                              checkpoint_path=resume if self.recipe.epochs > 0 and method.num_trainable() else None,
                              clean_transform=self.test_transform, clean_transform_desc=self.transforms["test"],
                              cache=self.features, transform_desc=self.transforms["train"])
@@ -300,7 +304,8 @@ class _UnitRun:
             "backbone": {**self.backbone.info(), **({"init_seed": BACKBONE_INIT_SEED}
                                                     if not self.backbone.weights_file else {})},
             "transforms": self.transforms,
-            "schedule": describe_schedule(r.lr, r.epochs) if r.epochs else None,
+            "schedule": ((self.method.describe_schedule(r.lr, r.epochs) if self.method is not None
+                          else describe_schedule(r.lr, r.epochs)) if r.epochs else None),
             "recipe": {"family": self.unit.recipe, "source": r.source, "epochs": r.epochs, "lr": r.lr,
                        "batch_size": r.batch_size},
             "options": r.as_dict()["options"],

@@ -34,6 +34,8 @@ class Runtime:
     weights_cache_dir: str | None = _key("backbone.cache_dir")
     log_level: str = _key("run.log_level")  # Ray's / MLflow's console logging (orchestrate/console.py)
     command: tuple[str, ...] = _key("run.command")  # the user's command line (a Ray worker's argv is Ray's)
+    llm_path: str | None = _key("llm.path")  # the LLM checkpoint folder of LLM-based methods (never downloaded)
+    llm_questions: str | None = _key("llm.questions")  # a question file of the knowledge cache (None = dplbench's)
 
     @classmethod
     def from_config(cls, cfg: Config | None = None, **changes: Any) -> Runtime:

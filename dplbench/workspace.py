@@ -62,6 +62,12 @@ class Workspace:
         return self.root / "cache"
 
     @property
+    def knowledge(self) -> Path:
+        """Offline LLM knowledge caches (``dplbench build-knowledge``), one folder per dataset, LLM and question
+        set."""
+        return self.cache / "knowledge"
+
+    @property
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
 
@@ -135,3 +141,8 @@ class Workspace:
     def session_record(self, pid: int, start: int | None) -> Path:
         """The Ray session record of the invocation with process id ``pid`` started at ``start`` (clock ticks)."""
         return self.sessions / f"{pid}-{start if start is not None else 0}.json"
+
+
+def knowledge_cache(knowledge_root: str | Path, dataset: str, llm_id: str, questions_key: str) -> Path:
+    """The knowledge cache of one dataset, LLM and question set under a workspace's ``knowledge`` folder."""
+    return Path(knowledge_root) / dataset / llm_id / questions_key

@@ -19,7 +19,6 @@ which come from the LLaMP-based variant (docs/methods.md §5.2).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -31,6 +30,8 @@ from dplbench.dropout.entropy import residual_entropies, residual_lambda
 from dplbench.dropout.hook import BranchDropoutHook, IWTDSettings
 from dplbench.dropout.importance import SCORES, text_layout, vision_layout
 from dplbench.dropout.mag import MultimodalAlignmentGuidance, mag_loss
+from dplbench.dropout.options import (BRANCHES, ConsistencyOptions, IWTDOptions, MAGOptions, ResOptions, check_choice,
+                                      check_subset, nested_options)
 from dplbench.dropout.perturb import MODES
 from dplbench.engine.deep_prompted import DeepPromptedMethod, DeepPromptOptions
 from dplbench.engine.gpa import GaussianPromptAggregation, few_shot_gpa
@@ -41,43 +42,8 @@ from dplbench.errors import ConfigError
 
 LR = 0.0025
 BATCH = 4
-BRANCHES = ("vision", "text")
 TEACHER_TEXT = {"ensemble": "ensemble60", "single": "dataset"}
 TEACHER_VIEWS = ("augmented", "clean")
-
-
-@dataclass
-class IWTDOptions:
-    mode: str = "gauss_mult"          # gauss_mult | zero | zero_rescale | uniform | off
-    p_max: float = 0.5                # drop probability of the least important eligible token
-    p_min: float = 0.1                # ... of the most important one
-    p_const: float = 0.3              # mode=uniform: the same p for every eligible token
-    sigma: float = 0.03               # gauss_mult / uniform: multiplier ~ N(1, sigma²)
-    scores: list[str] = field(default_factory=lambda: list(SCORES))   # subset of self, cls, mag (mean)
-    branches: list[str] = field(default_factory=lambda: list(BRANCHES))  # subset of vision, text
-    layers: Optional[list[int]] = None    # block indices; null = every prompted layer of each branch
-    perturb_inserted_prompts: bool = False  # deviation: perturb the fresh deep prompts at the next layer's input
-
-
-@dataclass
-class ResOptions:
-    weight: float = 0.05              # w_res in L_res = −w·(H(p_t) + H(p_v))
-    lam: float = 0.1                  # λ_res, the end point of the λ annealing
-    fix_lam: bool = False             # true: λ = λ_res in every epoch
-
-
-@dataclass
-class MAGOptions:
-    num_tokens: int = 64
-    tau: float = 1.0                  # multiplier of T·uᵀ (no 1/√d)
-    loss_weight: float = 30.0
-
-
-@dataclass
-class ConsistencyOptions:
-    text_l1: float = 25.0
-    image_l1: float = 10.0
-    kd: float = 2.5                   # 1.0 = PromptSRC's KL weight
 
 
 _NESTED = {"iwtd": IWTDOptions, "res": ResOptions, "mag": MAGOptions, "consistency": ConsistencyOptions}
@@ -105,7 +71,7 @@ class DropleOptions(DeepPromptOptions):
 
     def __post_init__(self) -> None:
         for name, cls in _NESTED.items():
-            setattr(self, name, _nested(cls, getattr(self, name), name))
+            setattr(self, name, nested_options(cls, getattr(self, name), name, "drople"))
         self.iwtd.scores = list(self.iwtd.scores)
         self.iwtd.branches = list(self.iwtd.branches)
         if self.iwtd.layers is not None:
@@ -114,11 +80,11 @@ class DropleOptions(DeepPromptOptions):
 
     def validate(self) -> None:
         i = self.iwtd
-        _choice("iwtd.mode", i.mode, MODES)
-        _choice("teacher_text", self.teacher_text, tuple(TEACHER_TEXT))
-        _choice("teacher_view", self.teacher_view, TEACHER_VIEWS)
-        _subset("iwtd.scores", i.scores, SCORES, allow_empty=i.mode in ("uniform", "off"))
-        _subset("iwtd.branches", i.branches, BRANCHES, allow_empty=True)
+        check_choice("iwtd.mode", i.mode, MODES)
+        check_choice("teacher_text", self.teacher_text, tuple(TEACHER_TEXT))
+        check_choice("teacher_view", self.teacher_view, TEACHER_VIEWS)
+        check_subset("iwtd.scores", i.scores, SCORES, allow_empty=i.mode in ("uniform", "off"))
+        check_subset("iwtd.branches", i.branches, BRANCHES, allow_empty=True)
         if not 0.0 <= i.p_min <= i.p_max <= 1.0:
             raise ConfigError(f"need 0 <= iwtd.p_min <= iwtd.p_max <= 1 (got p_min={i.p_min}, p_max={i.p_max})")
         if not 0.0 <= i.p_const <= 1.0:
@@ -143,32 +109,6 @@ class DropleOptions(DeepPromptOptions):
             p_max, p_min, p_const = r, r / 5.0, r
         return IWTDSettings(mode=i.mode, p_max=p_max, p_min=p_min, p_const=p_const, sigma=i.sigma,
                             scores=tuple(i.scores))
-
-
-def _nested(cls: type, value: Any, name: str) -> Any:
-    """A nested options dataclass from itself or from a mapping of overrides (merged over the defaults)."""
-    if isinstance(value, cls):
-        return value
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"option {name!r} must be a mapping, got {value!r}")
-    valid = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(value) - valid)
-    if unknown:
-        raise ConfigError(f"unknown option(s) {', '.join(f'{name}.{k}' for k in unknown)} for method 'drople'; "
-                          f"valid: {', '.join(f'{name}.{k}' for k in sorted(valid))}")
-    return cls(**{k: (list(v) if isinstance(v, (list, tuple)) or type(v).__name__ == "ListConfig" else v)
-                  for k, v in value.items()})
-
-
-def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"invalid {name} {value!r}; valid choices: {', '.join(choices)}")
-
-
-def _subset(name: str, values: list[str], choices: tuple[str, ...], *, allow_empty: bool) -> None:
-    bad = [v for v in values if v not in choices]
-    if bad or (not values and not allow_empty) or len(set(values)) != len(values):
-        raise ConfigError(f"invalid {name} {values!r}; a non-repeating subset of: {', '.join(choices)}")
 
 
 def _few_shot(dataset: str, shots: int | None) -> Recipe:

@@ -15,7 +15,7 @@ from dplbench.units import expand_units, make_unit, unit_settings_keys
 from dplbench.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
-OUTPUT_NAMES = {"runs", "cache", "checkpoints", "resume", "tables", "plots", "sweeps", "ray", "mlflow.db",
+OUTPUT_NAMES = {"runs", "cache", "knowledge", "checkpoints", "resume", "tables", "plots", "sweeps", "ray", "mlflow.db",
                 "mlartifacts", "mlflow.lock", "leases", "sessions"}
 
 

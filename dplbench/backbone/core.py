@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -159,20 +159,25 @@ class Backbone:
         return autocast(self.precision_mode, self.device)
 
     # ---- tokens ----------------------------------------------------------------------------------------------
-    def tokenize(self, texts: Sequence[str]) -> Tensor:
-        """LongTensor [N, context_length] on the backbone device; raises ConfigError on text that would be cut."""
+    def tokenize(self, texts: Sequence[str], *, truncate: bool = False) -> Tensor:
+        """LongTensor [N, context_length] on the backbone device; raises ConfigError on text that would be cut,
+        unless ``truncate`` (then over-long text is cut to the context, as a CLIP tokenizer with truncation does)."""
         texts = list(texts)
         encode = getattr(self._tokenizer, "encode", None)
-        if encode is not None:
+        if encode is not None and not truncate:
             for text in texts:
                 if len(encode(text)) + 2 > self.context_length:
                     raise ConfigError(f"text does not fit in the {self.context_length}-token context: {text[:80]!r}")
         return self._tokenizer(texts).to(self.device)
 
-    def embed_tokens(self, ids: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-        """Token embeddings [N, L, D_t] (no positional embedding) in ``dtype``, by default the stream dtype.
-        The embedding table is fp32 in every precision mode, so ``dtype=torch.float32`` gives it unrounded."""
-        return self.model.token_embedding(ids.to(self.device)).to(dtype or self.stream_dtype)
+    def embed_tokens(self, ids: Tensor, dtype: torch.dtype | None = None, *, positional: bool = False) -> Tensor:
+        """Token embeddings [N, L, D_t] in ``dtype``, by default the stream dtype; ``positional`` adds the positional
+        embedding of positions 0..L-1 (what Hugging Face's CLIP text embeddings return). The tables are fp32 in
+        every precision mode, so ``dtype=torch.float32`` gives them unrounded."""
+        emb = self.model.token_embedding(ids.to(self.device))
+        if positional:
+            emb = emb + self.model.positional_embedding[:ids.shape[1]]
+        return emb.to(dtype or self.stream_dtype)
 
     @staticmethod
     def eot_positions(ids: Tensor) -> Tensor:
@@ -182,20 +187,24 @@ class Backbone:
     # ---- towers ----------------------------------------------------------------------------------------------
     def encode_text(self, ids: Tensor, *, embeddings: Tensor | None = None, deep_prompts: DeepPrompts | None = None,
                     hook: LayerHook | None = None, capture: bool | Iterable[int] | None = None,
-                    truncate: bool = True) -> TowerOutput:
+                    truncate: bool = True, key_mask: Tensor | None = None, positional: bool = True,
+                    qkv_delta: Mapping[int, Callable[[Tensor], Tensor]] | None = None) -> TowerOutput:
         """Text features [N, E] (fp32, not normalised); see :mod:`dplbench.backbone.towers` for the options."""
         with self.autocast():
             return towers.encode_text(self.model, ids.to(self.device), stream_dtype=self.stream_dtype,
                                       embeddings=embeddings, deep_prompts=deep_prompts, hook=hook, capture=capture,
-                                      truncate=truncate)
+                                      truncate=truncate, key_mask=key_mask, positional=positional,
+                                      qkv_delta=qkv_delta)
 
     def encode_image(self, images: Tensor, *, prompts: Tensor | None = None,
                      deep_prompts: DeepPrompts | None = None, hook: LayerHook | None = None,
-                     capture: bool | Iterable[int] | None = None) -> TowerOutput:
+                     capture: bool | Iterable[int] | None = None,
+                     qkv_delta: Mapping[int, Callable[[Tensor], Tensor]] | None = None) -> TowerOutput:
         """Image features [N, E] (fp32, not normalised); ``prompts`` [n, Dv] or [N, n, Dv] are appended at the end."""
         with self.autocast():
             return towers.encode_image(self.model.visual, images.to(self.device), stream_dtype=self.stream_dtype,
-                                       prompts=prompts, deep_prompts=deep_prompts, hook=hook, capture=capture)
+                                       prompts=prompts, deep_prompts=deep_prompts, hook=hook, capture=capture,
+                                       qkv_delta=qkv_delta)
 
     @torch.no_grad()
     def frozen_text_features(self, ids: Tensor) -> Tensor:

@@ -13,6 +13,10 @@ Both towers share one layer loop (:func:`run_blocks`) with three extension point
   (:func:`block_attention`; the blocks' weights, not their ``forward``, are used).
 - hook: ``hook(j, hidden, attn_or_None) -> hidden`` is applied to every block's output; ``attn`` is the captured
   attention of that layer or None when the layer is not captured.
+- qkv_delta: ``qkv_delta[j](h) -> [N, S, 3D]`` is added to block j's packed q/k/v projection of its normalised
+  input ``h`` (a low-rank adapter such as LoRA plugs in here; the frozen weights are never touched).
+- key_mask (text tower): ``[N, L]`` bool, False for positions no query may attend to (padding in the middle of a
+  sequence), on top of the causal mask.
 
 The text tower truncates the sequence to ``max EOT position + 1`` (exact under the causal mask: no kept position
 attends to a dropped one) and pools at the EOT position (``ids.argmax(-1)``). Features are returned in fp32,
@@ -21,7 +25,7 @@ projected and not normalised; captured tensors stay in the stream dtype.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -30,6 +34,7 @@ from torch import Tensor, nn
 
 LayerHook = Callable[[int, Tensor, "Tensor | None"], Tensor]
 DeepPrompts = Sequence["Tensor | None"]
+QKVDelta = Callable[[Tensor], Tensor]
 
 
 @dataclass
@@ -87,7 +92,8 @@ def _split_heads(t: Tensor, heads: int) -> Tensor:
     return t.view(n, s, heads, d // heads).transpose(1, 2)
 
 
-def block_attention(attn: nn.MultiheadAttention, h: Tensor, causal: bool, need_weights: bool
+def block_attention(attn: nn.MultiheadAttention, h: Tensor, causal: bool, need_weights: bool,
+                    key_mask: Tensor | None = None, qkv_delta: QKVDelta | None = None
                     ) -> tuple[Tensor, Tensor | None]:
     """Self-attention of ``attn`` on ``h`` [N, S, D] (eval mode: no dropout), computed batch-first.
 
@@ -95,30 +101,44 @@ def block_attention(attn: nn.MultiheadAttention, h: Tensor, causal: bool, need_w
     ``nn.MultiheadAttention`` transposes batch-first inputs and, with gradients, runs the projection as a batched
     matmul on an expanded weight). Without ``need_weights`` the heads go through
     ``F.scaled_dot_product_attention``; with it, through an explicit softmax whose probabilities [N, H, S, S]
-    are returned (after the causal mask when ``causal``).
+    are returned (after the causal mask when ``causal``). ``key_mask`` [N, S] (bool, True = may be attended) masks
+    keys on top of that; ``qkv_delta(h)`` [N, S, 3D] is added to the packed projection.
     """
     heads = attn.num_heads
-    q, k, v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
-    q, k, v = (_split_heads(t, heads) for t in (q, k, v))
+    qkv = F.linear(h, attn.in_proj_weight, attn.in_proj_bias)
+    if qkv_delta is not None:
+        qkv = qkv + qkv_delta(h).to(qkv.dtype)
+    q, k, v = (_split_heads(t, heads) for t in qkv.chunk(3, dim=-1))
+    s = q.shape[-2]
+    allowed = None
+    if key_mask is not None:
+        allowed = key_mask[:, None, None, :s].to(device=q.device, dtype=torch.bool)
+        if causal:
+            allowed = allowed & torch.ones(s, s, dtype=torch.bool, device=q.device).tril()
     if need_weights:
         scores = (q * (q.shape[-1] ** -0.5)) @ k.transpose(-2, -1)
-        if causal:
-            s = scores.shape[-1]
+        if allowed is not None:
+            scores = scores.masked_fill(~allowed, float("-inf"))
+        elif causal:
             scores = scores.masked_fill(torch.ones(s, s, dtype=torch.bool, device=scores.device).triu(1),
                                         float("-inf"))
         weights = scores.softmax(dim=-1)
         out = weights @ v
     else:
         weights = None
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        if allowed is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
     out = out.transpose(1, 2).reshape(h.shape)
     return F.linear(out, attn.out_proj.weight, attn.out_proj.bias), weights
 
 
-def run_block(block: nn.Module, x: Tensor, causal: bool, need_weights: bool) -> tuple[Tensor, Tensor | None]:
+def run_block(block: nn.Module, x: Tensor, causal: bool, need_weights: bool, key_mask: Tensor | None = None,
+              qkv_delta: QKVDelta | None = None) -> tuple[Tensor, Tensor | None]:
     """One open_clip ``ResidualAttentionBlock`` on ``x`` [N, S, D] (causal self-attention for the text tower);
     with ``need_weights`` also its attention probabilities [N, H, S, S]."""
-    a, weights = block_attention(block.attn, block.ln_1(x), causal, need_weights)
+    a, weights = block_attention(block.attn, block.ln_1(x), causal, need_weights, key_mask, qkv_delta)
     x = x + block.ls_1(a)
     x = x + block.ls_2(block.mlp(block.ln_2(x)))
     return x, weights
@@ -136,13 +156,22 @@ def check_deep_prompts(deep_prompts: DeepPrompts | None, layers: int) -> list[Te
     return prompts + [None] * (layers - len(prompts))
 
 
-def open_clip_run_block(block: nn.Module, x: Tensor, causal: bool,
-                        need_weights: bool) -> tuple[Tensor, Tensor | None]:
+def open_clip_run_block(block: nn.Module, x: Tensor, causal: bool, need_weights: bool,
+                        key_mask: Tensor | None = None,
+                        qkv_delta: QKVDelta | None = None) -> tuple[Tensor, Tensor | None]:
     """The same block through open_clip's own path (``block.forward``; ``nn.MultiheadAttention(need_weights=True)``
     where probabilities are needed), with :func:`run_block`'s signature: the reference the fused path is tested
-    against, and the "before" of ``benchmarks/bench_backbone.py --paths``."""
+    against, and the "before" of ``benchmarks/bench_backbone.py --paths`` (no q/k/v delta: the packed projection
+    of ``nn.MultiheadAttention`` cannot take one)."""
+    if qkv_delta is not None:
+        raise ValueError("open_clip's block path cannot add a q/k/v delta")
     s = x.shape[1]
     mask = torch.full((s, s), float("-inf"), dtype=x.dtype, device=x.device).triu(1) if causal else None
+    if key_mask is not None:  # per-sample additive mask [N·H, S, S]
+        blocked = ~key_mask[:, None, None, :s].to(device=x.device, dtype=torch.bool)
+        extra = torch.zeros(blocked.shape, dtype=x.dtype, device=x.device).masked_fill(blocked, float("-inf"))
+        extra = (extra + (mask if mask is not None else 0)).expand(-1, block.attn.num_heads, s, s)
+        mask = extra.reshape(-1, s, s)
     if not need_weights:
         return block(x, attn_mask=mask), None
     h = block.ln_1(x)
@@ -153,14 +182,18 @@ def open_clip_run_block(block: nn.Module, x: Tensor, causal: bool,
 
 def run_blocks(blocks: Sequence[nn.Module], x: Tensor, *, causal: bool,
                deep_prompts: list[Tensor | None], prompts_at_end: bool, capture: frozenset[int],
-               hook: LayerHook | None) -> tuple[Tensor, dict[int, Tensor], dict[int, Tensor]]:
+               hook: LayerHook | None, key_mask: Tensor | None = None,
+               qkv_delta: Mapping[int, QKVDelta] | None = None
+               ) -> tuple[Tensor, dict[int, Tensor], dict[int, Tensor]]:
     """The shared layer loop (see the module docstring); ``deep_prompts`` as returned by check_deep_prompts."""
+    deltas = qkv_delta or {}
     attn: dict[int, Tensor] = {}
     hidden: dict[int, Tensor] = {}
     for j, block in enumerate(blocks):
         if j > 0 and deep_prompts[j] is not None:
             x = _replace_prompt_tokens(x, deep_prompts[j], prompts_at_end)
-        x, weights = run_block(block, x, causal, need_weights=j in capture)
+        x, weights = run_block(block, x, causal, need_weights=j in capture, key_mask=key_mask,
+                               qkv_delta=deltas.get(j))
         if hook is not None:
             x = hook(j, x, weights)
         if j in capture:
@@ -179,8 +212,12 @@ def _project(pooled: Tensor, projection: Tensor | nn.Module | None) -> Tensor:
 
 def encode_text(model: nn.Module, ids: Tensor, *, stream_dtype: torch.dtype, embeddings: Tensor | None = None,
                 deep_prompts: DeepPrompts | None = None, hook: LayerHook | None = None,
-                capture: bool | Iterable[int] | None = None, truncate: bool = True) -> TowerOutput:
-    """Text tower of an open_clip ``CLIP`` from its parts; ``embeddings`` [N, L, D] replaces ``embed(ids)``."""
+                capture: bool | Iterable[int] | None = None, truncate: bool = True, key_mask: Tensor | None = None,
+                positional: bool = True, qkv_delta: Mapping[int, QKVDelta] | None = None) -> TowerOutput:
+    """Text tower of an open_clip ``CLIP`` from its parts; ``embeddings`` [N, L, D] replaces ``embed(ids)``.
+
+    ``positional=False``: ``embeddings`` already hold whatever positional information the caller wants (the
+    positional embedding is not added again)."""
     blocks = model.transformer.resblocks
     n, length = ids.shape
     prompts = check_deep_prompts(deep_prompts, len(blocks))
@@ -195,9 +232,12 @@ def encode_text(model: nn.Module, ids: Tensor, *, stream_dtype: torch.dtype, emb
     if truncate:
         longest_prompt = max((p.shape[-2] for p in prompts if p is not None), default=0)
         seq = min(length, max(int(eot.max()) + 1, 1 + longest_prompt))
-    x = x[:, :seq].to(stream_dtype) + model.positional_embedding[:seq].to(stream_dtype)
+    x = x[:, :seq].to(stream_dtype)
+    if positional:
+        x = x + model.positional_embedding[:seq].to(stream_dtype)
     x, attn, hidden = run_blocks(blocks, x, causal=True, deep_prompts=prompts, prompts_at_end=False,
-                                 capture=capture_layers(capture, len(blocks)), hook=hook)
+                                 capture=capture_layers(capture, len(blocks)), hook=hook, key_mask=key_mask,
+                                 qkv_delta=qkv_delta)
     # ln_final acts per token, so pooling first is the same as open_clip's ln_final(x)[eot]
     pooled = model.ln_final(x[torch.arange(n, device=x.device), eot])
     return TowerOutput(_project(pooled, model.text_projection).float(), attn, hidden)
@@ -205,7 +245,8 @@ def encode_text(model: nn.Module, ids: Tensor, *, stream_dtype: torch.dtype, emb
 
 def encode_image(visual: nn.Module, images: Tensor, *, stream_dtype: torch.dtype, prompts: Tensor | None = None,
                  deep_prompts: DeepPrompts | None = None, hook: LayerHook | None = None,
-                 capture: bool | Iterable[int] | None = None) -> TowerOutput:
+                 capture: bool | Iterable[int] | None = None,
+                 qkv_delta: Mapping[int, QKVDelta] | None = None) -> TowerOutput:
     """Vision tower of an open_clip ``VisionTransformer`` from its parts; ``prompts`` [n, Dv] or [N, n, Dv]."""
     blocks = visual.transformer.resblocks
     layer_prompts = check_deep_prompts(deep_prompts, len(blocks))
@@ -223,6 +264,6 @@ def encode_image(visual: nn.Module, images: Tensor, *, stream_dtype: torch.dtype
         x = torch.cat([x, p.to(x.dtype)], dim=1)                  # prompts go at the end, no positional embedding
     x = visual.ln_pre(x)
     x, attn, hidden = run_blocks(blocks, x, causal=False, deep_prompts=layer_prompts, prompts_at_end=True,
-                                 capture=capture_layers(capture, len(blocks)), hook=hook)
+                                 capture=capture_layers(capture, len(blocks)), hook=hook, qkv_delta=qkv_delta)
     pooled = visual.ln_post(x[:, 0])
     return TowerOutput(_project(pooled, visual.proj).float(), attn, hidden)

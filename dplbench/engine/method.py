@@ -56,6 +56,9 @@ class MethodContext:
     num_epochs: int = 1              # the resolved number of training epochs
     cache_dir: Path | None = None    # on-disk feature cache root (None = no disk cache)
     shots: int | None = None
+    llm_path: str | None = None      # the LLM checkpoint folder (methods built on an LLM; a runtime setting)
+    knowledge_dir: Path | None = None  # root of the offline LLM knowledge caches (dplbench build-knowledge)
+    llm_questions: str | None = None   # the question file of the knowledge cache (None = dplbench's own questions)
 
 
 @dataclass
@@ -193,6 +196,26 @@ class PromptMethod(nn.Module):
     def training_step(self, images: torch.Tensor, labels: torch.Tensor, state: StepState) -> dict[str, torch.Tensor]:
         """Named loss terms for one batch; ``"loss"`` is the total that is back-propagated."""
         raise NotImplementedError(f"{self.name} is not trainable")
+
+    def build_optimizer(self, settings: Any) -> torch.optim.Optimizer:
+        """The optimiser over :meth:`trainable_parameters` (default: Dassl's SGD, docs/methods.md §3.1)."""
+        from dplbench.engine.trainer import build_optimizer
+
+        return build_optimizer(self.trainable_parameters(), settings)
+
+    def adjust_learning_rates(self, optimizer: torch.optim.Optimizer, settings: Any, state: StepState) -> None:
+        """Called before every optimiser step, after the trainer set the epoch's LR (default: keep it)."""
+
+    def describe_schedule(self, lr: float, epochs: int) -> dict[str, Any]:
+        """The optimiser and LR schedule as recorded in result files (default: Dassl's SGD + cosine)."""
+        from dplbench.engine.schedule import describe_schedule
+
+        return describe_schedule(lr, epochs)
+
+    def training_transform(self, default: Callable, evaluation: Callable) -> tuple[Callable, list[str] | None]:
+        """The training transform and its description (None = the default's); ``default`` is the protocol's
+        augmentation, ``evaluation`` the test transform. A method with its own views overrides this."""
+        return default, None
 
     def on_epoch_end(self, epoch: int, num_epochs: int) -> None:
         """Called after every epoch (1-based ``epoch``), after the optimizer steps of that epoch."""

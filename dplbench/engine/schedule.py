@@ -33,3 +33,16 @@ def describe_schedule(base_lr: float, num_epochs: int) -> dict:
     return {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4, "scheduler": "cosine",
             "warmup": "constant", "warmup_epochs": WARMUP_EPOCHS, "warmup_lr": WARMUP_LR,
             "stepped": "per_epoch", "lr": base_lr, "epochs": num_epochs}
+
+
+def llamp_lr_multiplier(floor: float, epoch: int, step: int, steps_per_epoch: int, num_epochs: int) -> float:
+    """The released LLaMP/DroPLe per-group LambdaLR in closed form (docs/methods.md §5.2 "Optimisation").
+
+    The first ``steps_per_epoch // 10`` steps of epoch 0 run at the group's floor ``floor``; after that epoch e
+    runs at ``max(floor, (1 + cos(π·e / max(E, 20)))/2)`` (the cosine horizon is at least 20 epochs, so a short
+    run barely decays)."""
+    if epoch < 0 or num_epochs < 1 or step < 0:
+        raise ValueError(f"epoch, step must be >= 0 and num_epochs >= 1 (got {epoch}, {step}, {num_epochs})")
+    if epoch == 0 and step < steps_per_epoch // 10:
+        return floor
+    return max(floor, (1.0 + math.cos(math.pi * epoch / max(num_epochs, 20))) / 2.0)

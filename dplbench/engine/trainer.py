@@ -1,7 +1,8 @@
 """Training and evaluation loops (docs/methods.md §3).
 
 - SGD (momentum 0.9, weight decay 5e-4) over the method's trainable parameters only; the LR of epoch k is
-  :func:`~dplbench.engine.schedule.lr_at_epoch` (constant warm-up, cosine, stepped per epoch).
+  :func:`~dplbench.engine.schedule.lr_at_epoch` (constant warm-up, cosine, stepped per epoch). A method with its
+  own optimiser overrides ``build_optimizer`` and ``adjust_learning_rates`` (called before every step).
 - Every epoch reseeds python/numpy/torch and the loader from (train seed, epoch), so a run resumed from a
   checkpoint continues exactly as an uninterrupted one would.
 - Precision comes from the backbone: steps run inside ``backbone.autocast()``; ``amp_fp16`` scales the loss with a
@@ -117,7 +118,7 @@ def train(method: PromptMethod, splits: Any, settings: TrainSettings, *, transfo
         raise DplbenchError(f"method {method.name!r} has no trainable parameters")
     method.context.num_epochs = settings.epochs
     backbone = method.backbone
-    optimizer = build_optimizer(params, settings)
+    optimizer = method.build_optimizer(settings)
     scaler = grad_scaler(backbone)
     items = splits.train
     bank_labels = torch.tensor([d.label for d in items], dtype=torch.long)
@@ -162,6 +163,7 @@ def train(method: PromptMethod, splits: Any, settings: TrainSettings, *, transfo
             labels = labels.to(backbone.device, non_blocking=True)
             state = StepState(epoch, settings.epochs, step, len(batches), clean_features=clean,
                               image_features=features)
+            method.adjust_learning_rates(optimizer, settings, state)
             with backbone.autocast():
                 terms = method.training_step(images, labels, state)
             loss = terms["loss"]
@@ -176,6 +178,7 @@ def train(method: PromptMethod, splits: Any, settings: TrainSettings, *, transfo
                 sums[name] = sums.get(name, 0.0) + _to_float(value)
             steps += 1
         method.on_epoch_end(epoch + 1, settings.epochs)
+        lr = optimizer.param_groups[0]["lr"]  # a method that sets it per step: the epoch's last value
         record = {"epoch": epoch + 1, "epochs": settings.epochs, "lr": lr,  # epochs: for "epoch k/E" progress
                   **{k: v / max(steps, 1) for k, v in sums.items()}, "steps": steps,
                   "seconds": time.perf_counter() - t0}

@@ -69,8 +69,24 @@ def check_before_start(cfg: Config) -> None:
     from dplbench.workspace import Workspace
 
     Workspace.at(cfg.run.output_dir).require_writable()
+    check_llm_methods(cfg)
     if cfg.ray.enabled and cfg.ray.address:
         ensure_reachable(str(cfg.ray.address))
     uri = tracking.tracking_uri(cfg)
     if uri is not None:
         tracking.require_reachable(uri)
+
+
+def check_llm_methods(cfg: Config) -> None:
+    """A method built on an LLM needs the ``[llm]`` extra, ``llm.path`` and, when set, a valid ``llm.questions``
+    file (one line each, before anything starts)."""
+    from dplbench.catalog import METHODS
+    from dplbench.llm import LLM_METHODS, check_llm_path, require_llm_extra
+    from dplbench.llm.questions import read_question_file
+
+    selected = [m for m in cfg.methods if m in METHODS and METHODS.canonical(m) in LLM_METHODS]
+    if selected:
+        require_llm_extra(f"method {selected[0]!r}")
+        check_llm_path(cfg.llm.path)
+        if cfg.llm.questions:
+            read_question_file(cfg.llm.questions)
