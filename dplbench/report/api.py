@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from dplbench.errors import DplbenchError
 from dplbench.results import ResultStore
+from dplbench.runtime import HASH_EXCLUDE
 from dplbench.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -19,9 +20,11 @@ UNIT_SELECTIONS = {"methods": "method", "seeds": "seed", "datasets": "dataset", 
 # overrides that choose the model a whole table runs on: they do not make a unit a variant of a method
 TABLE_WIDE = ("backbone.",)
 # keys that say where or how to run, or which protocol/suite/backbone (already matched): never a record filter
-NOT_SELECTIONS = ("protocol", "suite", "backbone.name", "run.", "ray.", "tracking.", "data.root", "data.paths",
-                  "data.num_workers", "backbone.cache_dir", "sweep.search", "sweep.num_samples", "sweep.sampler",
-                  "sweep.metric", "sweep.mode", "report.")
+# Keys that never select result files: the runtime settings (left out of every unit's hash, so no result can
+# differ by them) and the keys that steer the run or the report rather than what was computed.
+NOT_SELECTIONS = tuple(sorted(HASH_EXCLUDE)) + ("protocol", "suite", "backbone.name", "run.", "ray.", "tracking.",
+                                                "sweep.search", "sweep.num_samples", "sweep.sampler", "sweep.metric",
+                                                "sweep.mode", "report.")
 
 
 def _lookup(config: Mapping[str, Any], key: str) -> Any:
