@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 
 from dplbench.data.templates import resolve_templates
-from dplbench.dropout.entropy import residual_entropies, residual_lambda
 from dplbench.dropout.hook import BranchDropoutHook, IWTDSettings
 from dplbench.dropout.importance import SCORES, text_layout, vision_layout
-from dplbench.dropout.mag import MultimodalAlignmentGuidance, mag_loss
+from dplbench.dropout.mag import MultimodalAlignmentGuidance
+from dplbench.dropout.objective import residual_and_mag_terms
 from dplbench.dropout.options import (BRANCHES, ConsistencyOptions, IWTDOptions, MAGOptions, ResOptions, check_choice,
                                       check_subset, nested_options)
 from dplbench.dropout.perturb import MODES
@@ -228,17 +228,9 @@ class DroPLe(GaussianPromptAggregation, DeepPromptedMethod):
             terms["image_l1"] = c.image_l1 * l1_consistency(image, frozen_image)
         if c.kd > 0:
             terms["kd"] = c.kd * kl_to_frozen(logits, self.scaled_logits(frozen_image, frozen_text))
-        extra: dict[str, torch.Tensor] = {}
-        if o.res.weight > 0:
-            lam = residual_lambda(state.epoch, state.num_epochs, o.res.lam, o.res.fix_lam)
-            h_t, h_v = residual_entropies(image, frozen_image, text, frozen_text, lam, self.logit_scale)
-            terms["res"] = -o.res.weight * (h_t + h_v)
-            extra = {"res/entropy_text": h_t.detach(), "res/entropy_image": h_v.detach(),
-                     "res/lambda": torch.tensor(lam)}
-        if self.mag_layers:
-            layers = sorted(self.mag_layers)
-            terms["mag"] = o.mag.loss_weight * mag_loss([image_aligned[j] for j in layers],
-                                                        [text_aligned[j] for j in layers], labels)
+        more, extra = residual_and_mag_terms(o, state.epoch, state.num_epochs, image, frozen_image, text, frozen_text,
+                                             self.logit_scale, self.mag_layers, image_aligned, text_aligned, labels)
+        terms.update(more)
         total = ce + sum(terms.values())
         return {"loss": total, "loss/ce": ce.detach(), **{f"loss/{k}": v.detach() for k, v in terms.items()},
                 **extra}

@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dplbench.dropout.entropy import residual_entropies, residual_lambda
 from dplbench.dropout.hook import BranchDropoutHook, IWTDSettings
 from dplbench.dropout.importance import text_layout, vision_layout
-from dplbench.dropout.mag import MultimodalAlignmentGuidance, mag_loss
+from dplbench.dropout.mag import MultimodalAlignmentGuidance
+from dplbench.dropout.objective import residual_and_mag_terms
 from dplbench.dropout.options import (BRANCHES, ConsistencyOptions, IWTDOptions, MAGOptions, ResOptions,
                                       check_choice, nested_options)
 from dplbench.dropout.perturb import MODES
@@ -343,15 +343,11 @@ class DropleLlamp(PromptMethod):
                         if c.kd > 0 else zero),
                  "res": zero, "mag": zero}
         extra: dict[str, torch.Tensor] = {"logit_scale": scale.detach().squeeze()}
-        if o.res.weight > 0:
-            lam = residual_lambda(state.epoch, state.num_epochs, o.res.lam, o.res.fix_lam)
-            h_t, h_v = residual_entropies(image, frozen_image, text, frozen_text, lam, float(scale.detach()))
-            terms["res"] = -o.res.weight * (h_t + h_v)
-            extra.update({"res/entropy_text": h_t.detach(), "res/entropy_image": h_v.detach()})
-        if self.mag_layers:
-            layers = sorted(self.mag_layers)
-            terms["mag"] = o.mag.loss_weight * mag_loss([image_aligned[j] for j in layers],
-                                                        [text_aligned[j] for j in layers], labels)
+        more, logged = residual_and_mag_terms(o, state.epoch, state.num_epochs, image, frozen_image, text,
+                                              frozen_text, float(scale.detach()), self.mag_layers, image_aligned,
+                                              text_aligned, labels)
+        terms.update(more)
+        extra.update(logged)
         total = ce + sum(terms.values())
         return {"loss": total, "loss/ce": ce.detach(), **{f"loss/{k}": v.detach() for k, v in terms.items()},
                 **extra}
