@@ -521,15 +521,17 @@ def test_only_default_16_shot_runs_get_published_rows(tmp_path):
 
 def test_datasets_follow_the_protocol_order_in_every_style(tmp_path):
     """Real result files carry no dataset list: the order is the protocol YAML's, not alphabetical."""
-    protocol_order = ["toy_shapes_noisy", "toy_shapes_lowcontrast", "toy_patterns_noisy"]
+    from dplbench.catalog import PROTOCOLS
+
+    protocol_order = list(PROTOCOLS.get("base2novel").suites["toy"]["datasets"])
     assert sorted(protocol_order) != protocol_order
     records = write_records(tmp_path / "runs", [
         make_record("base2novel", "coop", d, s, b2n(80.0, 60.0, s), config={"seeds": SEEDS})
         for d in sorted(protocol_order) for s in SEEDS])
     frame = aggregate(records, "base2novel")
     assert list(dict.fromkeys(frame.loc[frame.role == "dataset", "dataset"])) == protocol_order
-    for style, names in (("default", protocol_order), ("paper", ["Toy Shapes Noisy", "Toy Shapes Lowcontrast",
-                                                                 "Toy Patterns Noisy"])):
+    paper_names = [name.removeprefix("toy_").replace("_", " ").title() for name in protocol_order]
+    for style, names in (("default", protocol_order), ("paper", [f"Toy {name}" for name in paper_names])):
         paths = build_tables(records, "base2novel", protocol="base2novel", out_dir=tmp_path / "tables",
                              style=style, n_boot=20)
         for fmt in ("md", "tex"):
