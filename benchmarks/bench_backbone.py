@@ -77,6 +77,28 @@ def open_clip_blocks() -> Iterator[None]:
         towers.run_block = fused
 
 
+def interleaved_times(variants: dict[str, Callable[[], object]], reps: int,
+                      device: torch.device) -> tuple[dict[str, list[float]], list[float]]:
+    """Seconds per call of each variant over ``reps`` rounds, in a shuffled order per round (seeded), after one
+    warm-up call each; also the 1-minute load average after each round."""
+    for fn in variants.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    order = list(variants)
+    rng = random.Random(0)
+    loads = []
+    for _ in range(reps):
+        rng.shuffle(order)
+        for key in order:
+            _sync(device)
+            start = time.perf_counter()
+            variants[key]()
+            _sync(device)
+            times[key].append(time.perf_counter() - start)
+        loads.append(os.getloadavg()[0])
+    return times, loads
+
+
 def _spread(values: list[float]) -> str:
     return f"{statistics.median(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
 
@@ -125,19 +147,7 @@ def bench_paths(bb: Backbone, label: str, batch: int, reps: int, n_prompts: int 
                 "image official": official_image, "image ours": ours_image}
     if vision_only:
         variants = {k: v for k, v in variants.items() if k.startswith("vision")}
-    for fn in variants.values():  # warm-up
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    order = list(variants)
-    rng = random.Random(0)
-    for _ in range(reps):
-        rng.shuffle(order)
-        for key in order:
-            _sync(dev)
-            start = time.perf_counter()
-            variants[key]()
-            _sync(dev)
-            times[key].append(time.perf_counter() - start)
+    times, _ = interleaved_times(variants, reps, dev)
     seq_v = bb.vision_tokens + n_prompts
     print(f"{label}: batch {batch} images, {n_prompts} vision prompts at {len(deep)} layers "
           f"(S={seq_v}){'' if capture is None else f', layer {capture} captured'}; text 100 prompts; "
@@ -213,21 +223,7 @@ def bench_text(bb: Backbone, reps: int, n_ctx: int, full: bool = False) -> None:
                 "sequence-first reference": run(seq_first(seq))}
     if full:
         variants[f"sequence-first, full {bb.context_length}"] = run(seq_first(bb.context_length))
-    for fn in variants.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    order = list(variants)
-    rng = random.Random(0)
-    loads = []
-    for _ in range(reps):
-        rng.shuffle(order)
-        for key in order:
-            _sync(dev)
-            start = time.perf_counter()
-            variants[key]()
-            _sync(dev)
-            times[key].append(time.perf_counter() - start)
-        loads.append(os.getloadavg()[0])
+    times, loads = interleaved_times(variants, reps, dev)
     print(f"text tower forward+backward, {len(CLASSNAMES)} prompts '{'X ' * 2}... {{name}}.' with a learnable "
           f"{n_ctx}x{bb.text_width} context, S={seq} positions (EOT-truncated); threads={torch.get_num_threads()}, "
           f"reps={reps} interleaved, load average {min(loads):.1f}-{max(loads):.1f}; max |difference| to the "

@@ -175,16 +175,23 @@ def _med(values: list[float]) -> str:
     return f"{statistics.median(values):6.3f} [{min(values):.3f}, {max(values):.3f}]"
 
 
-def _units_report(args: argparse.Namespace, source: Path) -> None:
-    results: dict[str, list[dict]] = {v: [] for v in VARIANTS}
+def _interleaved(variants: tuple[str, ...], rounds: int, run) -> tuple[dict[str, list[dict]], list[float]]:
+    """``run(variant)`` for every variant in each of ``rounds`` rounds, in a shuffled order per round (seeded); the
+    results per variant and the 1-minute load average after each call."""
+    results: dict[str, list[dict]] = {v: [] for v in variants}
     rng = random.Random(0)
     loads = []
-    for _ in range(args.rounds):
-        order = list(VARIANTS)
+    for _ in range(rounds):
+        order = list(variants)
         rng.shuffle(order)
         for variant in order:
-            results[variant].append(_worker(variant, source, args))
+            results[variant].append(run(variant))
             loads.append(os.getloadavg()[0])
+    return results, loads
+
+
+def _units_report(args: argparse.Namespace, source: Path) -> None:
+    results, loads = _interleaved(VARIANTS, args.rounds, lambda v: _worker(v, source, args))
     reference = results["before"][0]["metrics"]
     same = all(r["metrics"] == reference for rs in results.values() for r in rs)
     print(f"{args.units} {args.method} units (train.epochs={args.epochs}) on the toy base-to-novel suite per worker "
@@ -275,15 +282,7 @@ def _ray_run(variant: str, source: Path, args: argparse.Namespace) -> dict:
 
 def _ray_report(args: argparse.Namespace, source: Path) -> None:
     variants = ("before", "after")
-    results: dict[str, list[dict]] = {v: [] for v in variants}
-    rng = random.Random(0)
-    loads = []
-    for _ in range(args.rounds):
-        order = list(variants)
-        rng.shuffle(order)
-        for variant in order:
-            results[variant].append(_ray_run(variant, source, args))
-            loads.append(os.getloadavg()[0])
+    results, loads = _interleaved(variants, args.rounds, lambda v: _ray_run(v, source, args))
     print(f"`dplbench run` under Ray (reused actors, 1 CPU per trial), {args.units} {args.method} units "
           f"(train.epochs={args.epochs}), {args.rounds} rounds interleaved, before={args.before}, load average "
           f"{min(loads):.1f}-{max(loads):.1f}")
