@@ -206,7 +206,10 @@ def test_shipped_drople_ablation_definition():
     assert "drople_ablation" in sweep_names()
     d = load_sweep_definition("drople_ablation")
     assert d.protocol == "base2novel" and d.methods == ["drople"] and d.search == "grid"
-    assert set(d.params) == {"method.dropout_rate", "method.res.weight"} and d.metric.name == "hm"
+    assert set(d.params) == {"method.iwtd.mode", "method.dropout_rate", "method.res.weight"} and d.metric.name == "hm"
+    # dropped tokens are zeroed (the default +-3 % noise leaves the rate inert); rate 0 and weight 0 are the baselines
+    assert d.params["method.iwtd.mode"] == ["zero"]
+    assert 0.0 in d.params["method.dropout_rate"] and 0.0 in d.params["method.res.weight"]
     with pytest.raises(UnknownNameError, match="unknown sweep"):
         load_sweep_definition("nope")
 
