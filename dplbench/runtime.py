@@ -36,6 +36,7 @@ class Runtime:
     command: tuple[str, ...] = _key("run.command")  # the user's command line (a Ray worker's argv is Ray's)
     llm_path: str | None = _key("llm.path")  # the LLM checkpoint folder of LLM-based methods (never downloaded)
     llm_questions: str | None = _key("llm.questions")  # a question file of the knowledge cache (None = dplbench's)
+    # (the contents of llm.path and llm.questions are hashed: dplbench.units.knowledge_sources)
 
     @classmethod
     def from_config(cls, cfg: Config | None = None, **changes: Any) -> Runtime:

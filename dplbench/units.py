@@ -97,14 +97,18 @@ def make_unit(*, protocol: str, kind: str, recipe: str, method: str, dataset: st
               targets: Sequence[str] = (), options: Mapping[str, Any] | None = None,
               settings: Mapping[str, Mapping[str, Any]] | None = None,
               protocol_params: Mapping[str, Any] | None = None,
-              overrides: Mapping[str, Any] | None = None) -> Unit:
+              overrides: Mapping[str, Any] | None = None,
+              knowledge: Mapping[str, Any] | None = None) -> Unit:
     """A self-sufficient unit: its ``config`` holds every result-relevant setting (``settings`` = the hashed
-    backbone / data / train sections; absent keys mean the config dataclasses' defaults)."""
+    backbone / data / train sections; absent keys mean the config dataclasses' defaults; ``knowledge`` = what an
+    LLM-based method's knowledge comes from, see :func:`knowledge_sources`)."""
     kind, recipe = str(kind), str(recipe)
     options = dict(options or {})
     config = {"protocol": protocol, "kind": kind, "recipe": recipe, "method": method, "dataset": dataset,
               "targets": list(targets), "seed": seed, "shots": shots, "options": options,
               "protocol_params": dict(protocol_params or {}), **{k: dict(v) for k, v in (settings or {}).items()}}
+    if knowledge:
+        config["knowledge"] = dict(knowledge)
     return Unit(protocol=protocol, kind=kind, recipe=recipe, method=method, dataset=dataset, seed=seed, shots=shots,
                 targets=tuple(targets), options=options, overrides=dict(sorted((overrides or {}).items())),
                 config=config)
@@ -204,6 +208,20 @@ def _datasets(cfg: Config, protocol: Any) -> tuple[list[str], list[str]]:
     return list(dict.fromkeys(sources)), list(dict.fromkeys(targets))
 
 
+def knowledge_sources(cfg: Config) -> dict[str, Any] | None:
+    """The content identity of an LLM method's knowledge: the LLM's digest (``llm.path``) and the question file's
+    sha256 (null: dplbench's own questions). ``llm.path`` and ``llm.questions`` are runtime paths, outside the hash;
+    these digests are not, so another LLM or question file gives new units instead of reusing finished ones.
+    None when ``llm.path`` is unset (the run itself refuses that before starting)."""
+    from dplbench.llm import llm_identity
+    from dplbench.llm.questions import read_question_file
+
+    if not cfg.llm.path:
+        return None
+    questions = read_question_file(cfg.llm.questions)[1] if cfg.llm.questions else None
+    return {"llm": llm_identity(cfg.llm.path)["id"], "questions_sha256": questions}
+
+
 def expand_units(cfg: Config, *, extra_overrides: Mapping[str, Any] | None = None) -> list[Unit]:
     """All units of a resolved config, in a stable order (method, dataset, shots, seed), duplicates removed.
 
@@ -226,6 +244,9 @@ def expand_units(cfg: Config, *, extra_overrides: Mapping[str, Any] | None = Non
     defaults = flatten(defaults)
     defaults["train.epoch_scale"] = protocol.suite(str(cfg.get("suite") or "toy")).get("epoch_scale")
     changed = {key: value for key, value in flatten(settings).items() if defaults.get(key) != value}
+    from dplbench.llm import LLM_METHODS
+
+    knowledge = knowledge_sources(cfg) if set(methods) & set(LLM_METHODS) else None
     units: dict[str, Unit] = {}
     for method in dict.fromkeys(methods):
         method_options = options_for(method, options)
@@ -237,6 +258,7 @@ def expand_units(cfg: Config, *, extra_overrides: Mapping[str, Any] | None = Non
                     unit = make_unit(protocol=protocol.name, kind=protocol.kind, recipe=protocol.recipe,
                                      method=method, dataset=dataset, seed=seed, shots=k, targets=targets,
                                      options=method_options, settings=settings,
-                                     protocol_params=protocol.params, overrides=overrides)
+                                     protocol_params=protocol.params, overrides=overrides,
+                                     knowledge=knowledge if method in LLM_METHODS else None)
                     units.setdefault(unit.config_hash, unit)
     return list(units.values())

@@ -426,3 +426,37 @@ def test_run_with_a_bad_question_file_stops_before_any_unit(tmp_path, capsys, ll
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(path) in err and "got 1" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_another_llm_or_question_file_makes_new_units_not_reused_ones(tmp_path):
+    """llm.path and llm.questions are runtime paths, outside the unit hash; their contents are inside it. Only the
+    LLM method's units change, and moving the same files elsewhere changes nothing."""
+    import json
+    import shutil
+
+    from dplbench.api import resolve_config
+    from dplbench.units import expand_units
+
+    def llm_folder(name: str, layers: int) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": layers}))
+        return folder
+
+    first, second = llm_folder("llm_a", 2), llm_folder("llm_b", 3)
+    copy = tmp_path / "moved" / "llm_a"
+    shutil.copytree(first, copy)
+    questions = _question_file(tmp_path, "q.yaml", {"default": _eleven("shape")})
+    other_questions = _question_file(tmp_path, "q2.yaml", {"default": _eleven("form")})
+
+    def hashes(**llm: str) -> dict[str, str]:
+        cfg = resolve_config(methods=["drople_llamp", "coop"], datasets=["toy_shapes"], seeds=[1], llm=llm)
+        return {u.method: u.config_hash for u in expand_units(cfg)}
+
+    base = hashes(path=str(first))
+    assert hashes(path=str(copy)) == base                                  # same content, other place
+    assert hashes(path=str(second))["drople_llamp"] != base["drople_llamp"]
+    assert hashes(path=str(first), questions=str(questions))["drople_llamp"] != base["drople_llamp"]
+    with_file = hashes(path=str(first), questions=str(questions))["drople_llamp"]
+    assert hashes(path=str(first), questions=str(other_questions))["drople_llamp"] != with_file
+    assert {hashes(path=str(p))["coop"] for p in (first, second)} == {base["coop"]}
