@@ -102,14 +102,14 @@ def test_long_tail_lift_training_favours_the_many_bucket(tmp_path):
 
 
 # -- long-tailed base-to-novel ------------------------------------------------------------------------------------
-def _per_class_gain(record: dict[str, Any], zero_shot: dict[str, Any]) -> dict[int, float]:
-    """``{base label: accuracy gain over zero-shot}`` from the two units' prediction sidecars."""
+def _per_class_gain(record: dict[str, Any], zero_shot: dict[str, Any], num_classes: int) -> np.ndarray:
+    """Per base label: the trained unit's accuracy gain over zero-shot, from the two units' prediction sidecars."""
+    from dplbench.data.longtail import per_class_accuracy
     from dplbench.results import ResultStore
 
     trained, reference = ResultStore.read_predictions(record)["base"], ResultStore.read_predictions(zero_shot)["base"]
-    labels = np.unique(reference.target)
-    return {int(c): 100 * float(np.mean(trained.predicted[trained.target == c] == c)
-                                - np.mean(reference.predicted[reference.target == c] == c)) for c in labels}
+    return (per_class_accuracy(trained.predicted, trained.target, num_classes)
+            - per_class_accuracy(reference.predicted, reference.target, num_classes))
 
 
 @pytest.mark.parametrize("protocol", ["long_tail_b2n", "long_tail_b2n_candle"])
@@ -127,7 +127,7 @@ def test_long_tailed_base_training_favours_the_head_class(tmp_path, protocol):
         for seed in SEEDS:
             record = by_unit[("coop", dataset, seed)]
             counts = record["faithfulness"]["data"]["imbalance"]["train_counts"]
-            gain = _per_class_gain(record, by_unit[("zsclip", dataset, seed)])
-            base = sorted(gain, key=lambda c: counts[c])
+            gain = _per_class_gain(record, by_unit[("zsclip", dataset, seed)], len(counts))
+            base = sorted(range(len(counts)), key=lambda c: counts[c])
             assert counts[base[-1]] >= 5 * counts[base[0]], counts
             assert gain[base[-1]] - gain[base[0]] >= 5.0, (dataset, seed, counts, gain)
